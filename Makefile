@@ -1,0 +1,48 @@
+# Two commands on a fresh machine with only Python: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TFMOT_ORACLE := tf_keras==2.21.0 tensorflow-model-optimization==0.8.1
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-tf test-jax test-torch install install-test bench lint clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e ".[tensorflow-cpu,demo]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed setup.py
+	$(PIP) install -q -e ".[tensorflow-cpu,demo,test,jax]" $(TORCH)
+	# TFMOT is the reference the parity tests compare against. It pins the
+	# full `tensorflow` build; tensorflow-cpu provides the same module.
+	$(PIP) install -q --no-deps $(TFMOT_ORACLE)
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(PY) -m tfprune demo
+
+# The whole suite, once per backend (separate processes).
+test: $(VENV)/.installed-test
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests
+	KERAS_BACKEND=torch $(PY) -m pytest -q tests
+
+test-tf test-jax test-torch: $(VENV)/.installed-test
+	KERAS_BACKEND=$(subst test-,,$(subst tf,tensorflow,$@)) $(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed-test
+	$(PY) bench/overhead.py
+	$(PY) bench/mask_update.py
+	$(PY) bench/memory.py
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check tfprune tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

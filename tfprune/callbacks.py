@@ -1,0 +1,133 @@
+"""Callbacks: `UpdatePruningStep` (required to train) and `PruningSummaries`.
+
+Example:
+>>> callbacks = [UpdatePruningStep()]   # model.fit(x, y, callbacks=callbacks)
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from tfprune.wrapper import collect_prunable_layers
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Enables pruning during training and keeps stored weights sparse.
+
+    With this callback, every `PruneLowMagnitude` wrapper anywhere in the
+    model's layer tree advances its `pruning_step` once per training step
+    (inside the compiled step, so `steps_per_execution > 1` counts every step)
+    and updates its masks as its schedule says. At each epoch end and at the
+    end of training the masks are applied to the stored weights.
+
+    Training a pruned model without it raises a `ValueError`.
+
+    Custom training loops use the same calls as with TFMOT:
+
+    ```python
+    step_callback = tfprune.UpdatePruningStep()
+    step_callback.set_model(model)
+    step_callback.on_train_begin()          # once, before the first step
+    for x, y in dataset:
+        step_callback.on_train_batch_begin(batch=-1)   # optional, a no-op
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))  # advances the step
+        ...apply gradients...
+    step_callback.on_epoch_end(batch=-1)    # writes the masks into the weights
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.prunable_layers = []
+        self._training = False
+
+    def _set_training(self, value):
+        for layer in self.prunable_layers:
+            layer._fit_training = value
+
+    def on_train_begin(self, logs=None):
+        self.prunable_layers = collect_prunable_layers(self.model)
+        newly_attached = any(
+            not layer._step_callback_attached for layer in self.prunable_layers
+        )
+        for layer in self.prunable_layers:
+            layer._step_callback_attached = True
+        if newly_attached and hasattr(self.model, "make_train_function"):
+            # A train function traced before (and failed for want of this
+            # callback) must be traced again.
+            self.model.make_train_function(force=True)
+        self._training = True
+        self._set_training(True)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        """Kept for TFMOT code; the step advances inside the train step."""
+
+    def on_test_begin(self, logs=None):
+        self._set_training(False)
+
+    def on_test_end(self, logs=None):
+        self._set_training(self._training)
+
+    def on_predict_begin(self, logs=None):
+        self._set_training(False)
+
+    def on_predict_end(self, logs=None):
+        self._set_training(self._training)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for layer in self.prunable_layers:
+            layer.apply_mask()
+
+    def on_train_end(self, logs=None):
+        for layer in self.prunable_layers:
+            layer.apply_mask()
+        self._training = False
+        self._set_training(False)
+
+
+def _pruning_logs(model):
+    logs = {}
+    for layer in collect_prunable_layers(model):
+        for _, mask, threshold in layer.pruning_vars:
+            mask_value = keras.ops.convert_to_numpy(mask)
+            logs[f"{mask.path}/sparsity"] = float(1.0 - np.mean(mask_value))
+            logs[f"{threshold.path}/threshold"] = float(
+                keras.ops.convert_to_numpy(threshold)
+            )
+    return logs
+
+
+class PruningSummaries(keras.callbacks.TensorBoard):
+    """TensorBoard scalars of each mask's sparsity and threshold.
+
+    Writes `<mask path>/sparsity` and `<threshold path>/threshold` for every
+    pruned weight at each epoch end, at the optimizer's iteration count, beside
+    the usual `TensorBoard` logs. Needs TensorFlow and TensorBoard
+    (`pip install tfprune[tensorflow]`).
+
+    Args:
+        log_dir: directory of the event files, a non-empty string.
+        update_freq: passed to `keras.callbacks.TensorBoard`.
+        **kwargs: passed to `keras.callbacks.TensorBoard`.
+    """
+
+    def __init__(self, log_dir, update_freq="epoch", **kwargs):
+        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+            raise ValueError(
+                "Argument `log_dir` must be a non-empty string. "
+                f"Received: log_dir={log_dir!r}"
+            )
+        super().__init__(log_dir=os.fspath(log_dir), update_freq=update_freq, **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            super().on_epoch_end(epoch, logs)
+        import tensorflow as tf
+
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        with self._train_writer.as_default():
+            for name, value in _pruning_logs(self.model).items():
+                tf.summary.scalar(name, value, step=step)
+        self._train_writer.flush()

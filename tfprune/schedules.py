@@ -1,0 +1,468 @@
+"""Pruning schedules: pure functions of the training step.
+
+A schedule maps a step to `(should_prune, sparsity)`. The math is written once
+with `keras.ops`, so the same object runs in a plain Python loop (int or NumPy
+step) and inside a compiled train step (a backend tensor, traced by
+`tf.function`, XLA, `jax.jit` or run eagerly by PyTorch). Piecewise math uses
+`clip`/`where`, never a Python branch on a tensor.
+
+Subclass `PruningSchedule` and implement `__call__(step)` to write your own;
+the protected helpers `_should_prune_in_step`, `_validate_step` and
+`_validate_sparsity` have the same names and arguments as in TFMOT.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+_PACKAGE = "tfprune"
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_int(name, value):
+    if not _is_int(value):
+        raise TypeError(
+            f"Argument `{name}` must be an integer. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return int(value)
+
+
+def _check_number(name, value):
+    if not _is_number(value):
+        raise TypeError(
+            f"Argument `{name}` must be a number. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return float(value)
+
+
+def _to_step(step):
+    """Converts a Python int, NumPy integer or backend tensor to a tensor."""
+    if isinstance(step, bool) or isinstance(step, float):
+        raise TypeError(
+            f"Argument `step` must be an integer or an integer tensor. "
+            f"Received: step={step!r}"
+        )
+    return ops.convert_to_tensor(step)
+
+
+class PruningSchedule:
+    """Base class of pruning schedules: `step -> (should_prune, sparsity)`.
+
+    `should_prune` is a boolean scalar tensor saying whether masks are
+    recomputed at this step; `sparsity` is a float32 scalar tensor, the
+    fraction of weights to remove. Implement `__call__` and `get_config`.
+
+    Example:
+    >>> class Halfway(PruningSchedule):
+    ...     def __call__(self, step):
+    ...         return (self._should_prune_in_step(step, 0, -1, 10),
+    ...                 keras.ops.convert_to_tensor(0.5, "float32"))
+    ...     def get_config(self):
+    ...         return {}
+    >>> [bool(Halfway()(s)[0]) for s in (0, 5, 10)]
+    [True, False, True]
+    """
+
+    @staticmethod
+    def _should_prune_in_step(step, begin_step, end_step, frequency):
+        """True at `begin_step + j * frequency` while `step <= end_step`.
+
+        `end_step = -1` (any negative value) means "prune forever".
+        """
+        step = _to_step(step)
+        in_range = ops.logical_and(
+            ops.greater_equal(step, begin_step),
+            ops.logical_or(
+                ops.less_equal(step, end_step),
+                ops.convert_to_tensor(end_step < 0),
+            ),
+        )
+        on_turn = ops.equal(ops.mod(step - begin_step, frequency), 0)
+        return ops.logical_and(in_range, on_turn)
+
+    @staticmethod
+    def _validate_step(begin_step, end_step, frequency, allow_negative_1):
+        """Checks step arguments; `allow_negative_1` permits `end_step=-1`."""
+        begin_step = _check_int("begin_step", begin_step)
+        end_step = _check_int("end_step", end_step)
+        frequency = _check_int("frequency", frequency)
+        if begin_step < 0:
+            raise ValueError(
+                "Argument `begin_step` must be >= 0. "
+                f"Received: begin_step={begin_step}"
+            )
+        if end_step == -1 and not allow_negative_1:
+            raise ValueError(
+                "Argument `end_step` must be >= 0 (this schedule needs an "
+                f"end). Received: end_step={end_step}"
+            )
+        if end_step < -1:
+            raise ValueError(
+                "Argument `end_step` must be -1 (no end) or >= 0. "
+                f"Received: end_step={end_step}"
+            )
+        if end_step != -1 and end_step < begin_step:
+            raise ValueError(
+                "Argument `end_step` must be >= `begin_step` (or -1). "
+                f"Received: end_step={end_step}, begin_step={begin_step}"
+            )
+        if frequency <= 0:
+            raise ValueError(
+                f"Argument `frequency` must be > 0. Received: frequency={frequency}"
+            )
+
+    @staticmethod
+    def _validate_sparsity(sparsity, variable_name):
+        """Checks that `0 <= sparsity < 1`."""
+        sparsity = _check_number(variable_name, sparsity)
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(
+                f"Argument `{variable_name}` must be in [0, 1). "
+                f"Received: {variable_name}={sparsity}"
+            )
+
+    def __call__(self, step):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `__call__(step)` returning "
+            "(should_prune, sparsity)."
+        )
+
+    def get_config(self):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `get_config()`."
+        )
+
+    @classmethod
+    def from_config(cls, config):
+        """Builds a schedule from `get_config()`, also TFMOT's nested form."""
+        config = dict(config)
+        if set(config) == {"class_name", "config"}:
+            config = dict(config["config"])
+        return cls(**config)
+
+    def __repr__(self):
+        try:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        except NotImplementedError:
+            args = "..."
+        return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConstantSparsity(PruningSchedule):
+    """Constant sparsity, applied every `frequency` steps in a step range.
+
+        should_prune(step) = begin <= step and (step <= end or end == -1)
+                             and (step - begin) % frequency == 0
+        sparsity(step) = target_sparsity
+
+    Example:
+    >>> s = ConstantSparsity(0.5, begin_step=0, frequency=100)
+    >>> [(bool(s(t)[0]), float(s(t)[1])) for t in (0, 1, 100)]
+    [(True, 0.5), (False, 0.5), (True, 0.5)]
+
+    Args:
+        target_sparsity: fraction of weights to prune, in [0, 1).
+        begin_step: first step at which to prune.
+        end_step: last step at which to prune; -1 to prune forever.
+        frequency: prune every `frequency` steps.
+    """
+
+    def __init__(self, target_sparsity, begin_step, end_step=-1, frequency=100):
+        self._validate_sparsity(target_sparsity, "target_sparsity")
+        self._validate_step(begin_step, end_step, frequency, True)
+        self.target_sparsity = float(target_sparsity)
+        self.begin_step = int(begin_step)
+        self.end_step = int(end_step)
+        self.frequency = int(frequency)
+
+    def __call__(self, step):
+        return (
+            self._should_prune_in_step(
+                step, self.begin_step, self.end_step, self.frequency
+            ),
+            ops.convert_to_tensor(self.target_sparsity, dtype="float32"),
+        )
+
+    def get_config(self):
+        return {
+            "target_sparsity": self.target_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PolynomialDecay(PruningSchedule):
+    """Sparsity rising polynomially from `initial_sparsity` to `final_sparsity`.
+
+        p = clip((step - begin) / (end - begin), 0, 1)
+        sparsity = final + (initial - final) * (1 - p) ** power
+
+    Masks are recomputed at `begin + j * frequency` up to `end`. If
+    `end - begin` is not a multiple of `frequency`, the last mask update
+    happens before `end`, so `final_sparsity` is never applied (use `AGP`).
+    Values equal TFMOT's (same float32 arithmetic).
+
+    Example:
+    >>> s = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
+    >>> [round(float(s(t)[1]), 4) for t in (0, 50, 100, 200)]
+    [0.0, 0.7, 0.8, 0.8]
+
+    Args:
+        initial_sparsity: sparsity at `begin_step`, in [0, 1).
+        final_sparsity: sparsity from `end_step` on, in [0, 1).
+        begin_step: first pruning step.
+        end_step: step at which `final_sparsity` is reached; must be
+            > `begin_step` (TFMOT divides by zero when they are equal).
+        power: exponent of the polynomial (3 is the cubic of Zhu & Gupta).
+        frequency: prune every `frequency` steps.
+    """
+
+    def __init__(
+        self,
+        initial_sparsity,
+        final_sparsity,
+        begin_step,
+        end_step,
+        power=3,
+        frequency=100,
+    ):
+        self._validate_sparsity(initial_sparsity, "initial_sparsity")
+        self._validate_sparsity(final_sparsity, "final_sparsity")
+        self._validate_step(begin_step, end_step, frequency, False)
+        if end_step == begin_step:
+            raise ValueError(
+                "Argument `end_step` must be > `begin_step` for PolynomialDecay "
+                "(use ConstantSparsity for a one-off prune). "
+                f"Received: end_step={end_step}, begin_step={begin_step}"
+            )
+        power = _check_number("power", power)
+        if power <= 0:
+            raise ValueError(f"Argument `power` must be > 0. Received: power={power}")
+        self.initial_sparsity = float(initial_sparsity)
+        self.final_sparsity = float(final_sparsity)
+        self.begin_step = int(begin_step)
+        self.end_step = int(end_step)
+        self.power = int(power) if float(power).is_integer() else power
+        self.frequency = int(frequency)
+
+    def __call__(self, step):
+        step = _to_step(step)
+        span = np.float32(self.end_step - self.begin_step)
+        p = ops.divide(ops.cast(step - self.begin_step, "float32"), span)
+        p = ops.minimum(1.0, ops.maximum(0.0, p))
+        sparsity = ops.add(
+            ops.multiply(
+                np.float32(self.initial_sparsity - self.final_sparsity),
+                ops.power(1.0 - p, np.float32(self.power)),
+            ),
+            np.float32(self.final_sparsity),
+        )
+        return (
+            self._should_prune_in_step(
+                step, self.begin_step, self.end_step, self.frequency
+            ),
+            sparsity,
+        )
+
+    def get_config(self):
+        return {
+            "initial_sparsity": self.initial_sparsity,
+            "final_sparsity": self.final_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "power": self.power,
+            "frequency": self.frequency,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ExponentialDecay(PruningSchedule):
+    """Sparsity approaching `final_sparsity` geometrically.
+
+    Every `frequency` steps the remaining density shrinks by a factor
+    `(1 - rate)`, capped at `final_sparsity`:
+
+        sparsity = min(final, 1 - (1 - initial) * (1 - rate) ** ((step - begin) / frequency))
+
+    for `step >= begin` (`initial_sparsity` before).
+
+    Example:
+    >>> s = ExponentialDecay(0.9, rate=0.5, begin_step=0, frequency=10)
+    >>> [round(float(s(t)[1]), 4) for t in (0, 10, 20, 100)]
+    [0.0, 0.5, 0.75, 0.9]
+
+    Args:
+        final_sparsity: the cap, in [0, 1).
+        rate: fraction of the remaining weights pruned per `frequency` steps,
+            in (0, 1).
+        begin_step: first pruning step.
+        end_step: last pruning step, or -1 to prune forever.
+        frequency: prune every `frequency` steps.
+        initial_sparsity: sparsity at `begin_step`, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        final_sparsity,
+        rate,
+        begin_step,
+        end_step=-1,
+        frequency=100,
+        initial_sparsity=0.0,
+    ):
+        self._validate_sparsity(final_sparsity, "final_sparsity")
+        self._validate_sparsity(initial_sparsity, "initial_sparsity")
+        rate = _check_number("rate", rate)
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"Argument `rate` must be in (0, 1). Received: rate={rate}")
+        self._validate_step(begin_step, end_step, frequency, True)
+        self.final_sparsity = float(final_sparsity)
+        self.rate = rate
+        self.begin_step = int(begin_step)
+        self.end_step = int(end_step)
+        self.frequency = int(frequency)
+        self.initial_sparsity = float(initial_sparsity)
+
+    def __call__(self, step):
+        step = _to_step(step)
+        elapsed = ops.maximum(ops.cast(step - self.begin_step, "float32"), 0.0)
+        density = ops.multiply(
+            np.float32(1.0 - self.initial_sparsity),
+            ops.power(np.float32(1.0 - self.rate), elapsed / np.float32(self.frequency)),
+        )
+        sparsity = ops.minimum(np.float32(self.final_sparsity), 1.0 - density)
+        return (
+            self._should_prune_in_step(
+                step, self.begin_step, self.end_step, self.frequency
+            ),
+            sparsity,
+        )
+
+    def get_config(self):
+        return {
+            "final_sparsity": self.final_sparsity,
+            "rate": self.rate,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+            "initial_sparsity": self.initial_sparsity,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AGP(PruningSchedule):
+    """Automated gradual pruning (Zhu & Gupta, 2017), discrete.
+
+    Sparsity rises from `initial_sparsity` to `final_sparsity` over
+    `n = (end_step - begin_step) // frequency` pruning events, fast at first
+    and slowly at the end:
+
+        k = clip((step - begin) // frequency, 0, n)
+        sparsity = final + (initial - final) * (1 - k / n) ** 3
+
+    Masks are recomputed at `begin + j * frequency`, `j = 0..n`, so the final
+    sparsity is reached at a pruning event even when `end - begin` is not a
+    multiple of `frequency`.
+
+    Example:
+    >>> s = AGP(final_sparsity=0.9, begin_step=0, end_step=1000, frequency=100)
+    >>> [round(float(s(step)[1]), 3) for step in (0, 100, 500, 1000)]
+    [0.0, 0.244, 0.787, 0.9]
+
+    Args:
+        final_sparsity: sparsity reached at the last pruning event, in [0, 1).
+        begin_step: first pruning step.
+        end_step: the last pruning event is the last `begin + j * frequency`
+            not after `end_step`.
+        frequency: steps between pruning events.
+        initial_sparsity: sparsity at `begin_step`, in [0, 1).
+    """
+
+    def __init__(
+        self, final_sparsity, begin_step, end_step, frequency=100, initial_sparsity=0.0
+    ):
+        self._validate_sparsity(final_sparsity, "final_sparsity")
+        self._validate_sparsity(initial_sparsity, "initial_sparsity")
+        self._validate_step(begin_step, end_step, frequency, False)
+        if (end_step - begin_step) // frequency < 1:
+            raise ValueError(
+                "Argument `end_step` must be at least `begin_step + frequency` "
+                "so that AGP has at least one pruning event after the first. "
+                f"Received: begin_step={begin_step}, end_step={end_step}, "
+                f"frequency={frequency}"
+            )
+        self.final_sparsity = float(final_sparsity)
+        self.begin_step = int(begin_step)
+        self.end_step = int(end_step)
+        self.frequency = int(frequency)
+        self.initial_sparsity = float(initial_sparsity)
+
+    @property
+    def num_events(self):
+        """`n`, the number of pruning events after the first."""
+        return (self.end_step - self.begin_step) // self.frequency
+
+    @property
+    def last_step(self):
+        """The step of the last pruning event, `begin + n * frequency`."""
+        return self.begin_step + self.num_events * self.frequency
+
+    def __call__(self, step):
+        step = _to_step(step)
+        n = self.num_events
+        k = ops.clip(ops.floor_divide(step - self.begin_step, self.frequency), 0, n)
+        remaining = 1.0 - ops.cast(k, "float32") / np.float32(n)
+        sparsity = ops.add(
+            np.float32(self.final_sparsity),
+            ops.multiply(
+                np.float32(self.initial_sparsity - self.final_sparsity),
+                remaining * remaining * remaining,
+            ),
+        )
+        return (
+            self._should_prune_in_step(
+                step, self.begin_step, self.last_step, self.frequency
+            ),
+            sparsity,
+        )
+
+    def get_config(self):
+        return {
+            "final_sparsity": self.final_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+            "initial_sparsity": self.initial_sparsity,
+        }
+
+
+def get(identifier):
+    """Returns a schedule from an instance, a config dict or a class name."""
+    if isinstance(identifier, PruningSchedule):
+        return identifier
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(
+            identifier,
+            custom_objects={
+                c.__name__: c
+                for c in (ConstantSparsity, PolynomialDecay, ExponentialDecay, AGP)
+            },
+        )
+    raise TypeError(
+        "Argument `pruning_schedule` must be a `PruningSchedule` instance. "
+        f"Received: pruning_schedule={identifier!r}"
+    )

@@ -1,0 +1,400 @@
+"""`PruneLowMagnitude`: the layer wrapper that owns pruning state.
+
+The wrapper holds, for each prunable weight of the wrapped layer, a `uint8`
+mask and a float32 threshold, plus one `int64` `pruning_step`. Nothing else in
+tfprune holds state. During a training call it
+
+1. advances `pruning_step` once per training step (first step is 1; a layer
+   shared by several calls in one model still advances once),
+2. asks the schedule `(should_prune, sparsity) = schedule(step)` and, when
+   `should_prune`, recomputes every mask from the scores of the masked weights,
+3. runs the wrapped layer on `weight * mask` (the mask is in the graph: pruned
+   weights get no gradient).
+
+Stored weights of pruned positions are kept at exactly zero: on TensorFlow and
+PyTorch a constraint re-applies the mask after every optimizer update; on
+every backend the masks are applied to the stored weights at epoch ends, at
+the end of `fit`, when saving and by `strip_pruning`.
+
+Example:
+>>> import numpy as np
+>>> layer = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, 0))
+>>> layer.name
+'prune_low_magnitude_dense'
+"""
+
+import contextlib
+import inspect
+import warnings
+import weakref
+
+import keras
+from keras import ops
+
+from tfprune import layers as layer_specs
+from tfprune import masking, scoring
+from tfprune import schedules as schedules_lib
+from tfprune.schedules import ConstantSparsity
+
+try:  # reading float32 weights inside a mixed-precision call
+    from keras.src.backend import AutocastScope as _AutocastScope
+except ImportError:  # pragma: no cover
+    from keras.src.backend.common.variables import AutocastScope as _AutocastScope
+
+MISSING_CALLBACK_MESSAGE = (
+    "Layer '{name}' is a pruning wrapper being trained without the "
+    "`UpdatePruningStep` callback. Pass `callbacks=[tfprune.UpdatePruningStep()]` "
+    "to `model.fit`; in a custom training loop call "
+    "`tfprune.UpdatePruningStep().set_model(model)` and `.on_train_begin()` "
+    "before the first step (see the `UpdatePruningStep` docstring)."
+)
+
+
+class _MaskConstraint(keras.constraints.Constraint):
+    """Re-applies a mask after each optimizer update (TensorFlow, PyTorch)."""
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return ops.multiply(w, ops.cast(self.mask, w.dtype))
+
+
+def _in_graph_constraints_supported():
+    # Under JAX `fit`, a constraint cannot read another variable (the mask is
+    # not part of the compiled optimizer state), so masks reach the stored
+    # weights at epoch ends, at the end of training and when saving instead.
+    return keras.backend.backend() in ("tensorflow", "torch")
+
+
+def _build_takes_one_shape(layer):
+    params = [
+        p
+        for p in inspect.signature(layer.build).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    return len(params) <= 1
+
+
+def _attribute_refs(layer, variable):
+    """Every `(owner, attribute)` of the layer tree that holds `variable`."""
+    refs = []
+    for owner in layer._flatten_layers(include_self=True, recursive=True):
+        for name, value in list(vars(owner).items()):
+            if value is variable:
+                refs.append((owner, name))
+    return refs
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a layer so that its weights are pruned during training.
+
+    Args:
+        layer: the Keras layer to prune: a built-in layer listed in
+            `tfprune.layers.LAYER_SPECS`, or a layer implementing
+            `PrunableLayer.get_prunable_weights()`.
+        pruning_schedule: a `PruningSchedule` giving the target sparsity per
+            step. Default `ConstantSparsity(0.5, 0)`.
+        block_size: `(height, width)` of blocks pruned together in rank-2
+            weights; `(1, 1)` prunes single weights.
+        block_pooling_type: how a block is scored, `'AVG'` or `'MAX'`.
+        sparsity_m_by_n: `(m, n)` for `m` zeros in every `n` consecutive
+            weights along the input channel (e.g. `(2, 4)`); the pattern is
+            computed once, at step `max(1, begin_step)` of the schedule.
+        **kwargs: passed to `keras.layers.Layer` (e.g. `name`).
+    """
+
+    def __init__(
+        self,
+        layer,
+        pruning_schedule=ConstantSparsity(0.5, 0),
+        block_size=(1, 1),
+        block_pooling_type="AVG",
+        sparsity_m_by_n=None,
+        **kwargs,
+    ):
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                "Argument `layer` must be a `keras.layers.Layer` instance. "
+                f"Received: layer={layer!r}"
+            )
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer '{layer.name}' is already wrapped by PruneLowMagnitude."
+            )
+        self.pruning_schedule = schedules_lib.get(pruning_schedule)
+        self.granularity = masking.granularity_from_args(
+            block_size, block_pooling_type, sparsity_m_by_n
+        )
+        self.block_size = tuple(int(b) for b in block_size)
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = (
+            tuple(int(v) for v in sparsity_m_by_n) if sparsity_m_by_n else None
+        )
+        layer_specs.describe(layer)  # raises for unsupported layers
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        if getattr(layer, "_input_shape_arg", None) is not None:
+            self._input_shape_arg = layer._input_shape_arg
+        self.supports_masking = layer.supports_masking
+        self.scorer = scoring.magnitude
+        self.pruning_vars = []
+        self._state_built = False
+        self._swaps = []
+        # Set by UpdatePruningStep: training is allowed, and what `training=None`
+        # means inside `fit` (subclassed models whose `call` has no `training`).
+        self._step_callback_attached = False
+        self._fit_training = False
+        self._last_call_context = None
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        if not self.layer.built and _build_takes_one_shape(self.layer):
+            self.layer.build(input_shape)
+        if self.layer.built:
+            self._create_pruning_state()
+        # Otherwise (layers whose build needs several shapes, such as
+        # MultiHeadAttention) the state is created on the first call.
+
+    def get_build_config(self):
+        config = super().get_build_config() or {}
+        if self.layer.built:
+            config["layer_build_config"] = self.layer.get_build_config()
+        return config
+
+    def build_from_config(self, config):
+        layer_config = config.get("layer_build_config")
+        if layer_config and not self.layer.built:
+            self.layer.build_from_config(layer_config)
+        if not self.built:
+            self.build(config.get("input_shape"))
+            self.built = True
+        elif not self._state_built and self.layer.built:
+            self._create_pruning_state_unlocked()
+
+    def _create_pruning_state_unlocked(self):
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self._create_pruning_state()
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def _create_pruning_state(self):
+        if self._state_built:
+            return
+        weights = layer_specs.prunable_weights(self.layer)
+        for variable, spec in weights:
+            self._granularity_for(spec).validate(variable.shape, variable.path)
+        self.pruning_vars = []
+        for variable, spec in weights:
+            mask = self.add_weight(
+                name=f"{spec.name}_mask",
+                shape=variable.shape,
+                initializer="ones",
+                dtype="uint8",
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+            )
+            threshold = self.add_weight(
+                name=f"{spec.name}_threshold",
+                shape=(),
+                initializer="zeros",
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+            )
+            self.pruning_vars.append((variable, mask, threshold))
+        self.pruning_step = self.add_weight(
+            name="pruning_step",
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+        )
+        self._specs = [spec for _, spec in weights]
+        self._swaps = []
+        for variable, _, _ in self.pruning_vars:
+            refs = _attribute_refs(self.layer, variable)
+            if not refs:
+                warnings.warn(
+                    f"Layer '{self.layer.name}': weight '{variable.path}' is not "
+                    "held in an attribute, so the mask is applied to the stored "
+                    "weight before each call instead of inside the graph.",
+                    stacklevel=2,
+                )
+            self._swaps.append(refs)
+        if _in_graph_constraints_supported():
+            for variable, mask, _ in self.pruning_vars:
+                if not isinstance(variable.constraint, _MaskConstraint):
+                    variable.constraint = _MaskConstraint(mask, variable.constraint)
+        self._state_built = True
+
+    def _granularity_for(self, spec):
+        g = self.granularity
+        if isinstance(g, masking.MByN):
+            return masking.MByN(
+                g.m,
+                g.n,
+                -2 if spec.in_axis is None else spec.in_axis,
+                -1 if spec.out_axis is None else spec.out_axis,
+            )
+        return g
+
+    # ------------------------------------------------------------------- call
+    def call(self, inputs, *args, training=None, mask=None, **kwargs):
+        if mask is not None:
+            kwargs["mask"] = mask
+        if not self._state_built:
+            output = self.layer(inputs, *args, **kwargs)  # builds the layer
+            self._create_pruning_state_unlocked()
+            if not self._training_call(training):
+                return output
+        if self._training_call(training):
+            if not self._step_callback_attached:
+                raise ValueError(MISSING_CALLBACK_MESSAGE.format(name=self.name))
+            if self._advance_step():
+                self._update_masks()
+        with self._masked_weights():
+            return self.layer(inputs, *args, **kwargs)
+
+    def _training_call(self, training):
+        if training is None:
+            return self._fit_training
+        return bool(training)
+
+    def _advance_step(self):
+        """Advances `pruning_step` once per outermost model call."""
+        context = self._get_call_context()
+        last = self._last_call_context
+        if last is not None and last() is context:
+            return False
+        try:
+            self._last_call_context = weakref.ref(context)
+        except TypeError:  # pragma: no cover
+            self._last_call_context = None
+        self.pruning_step.assign(self.pruning_step + 1)
+        return True
+
+    def _pruning_decision(self, step):
+        if isinstance(self.granularity, masking.MByN):
+            first = max(1, int(getattr(self.pruning_schedule, "begin_step", 1)))
+            return ops.equal(step, first), ops.convert_to_tensor(0.0, "float32")
+        should_prune, sparsity = self.pruning_schedule(step)
+        return ops.convert_to_tensor(should_prune), sparsity
+
+    def _update_masks(self):
+        if not self.pruning_vars:
+            return
+        step = ops.convert_to_tensor(self.pruning_step)
+        should_prune, sparsity = self._pruning_decision(step)
+
+        def recompute():
+            new = []
+            with _AutocastScope(None):
+                for (weight, mask, _), spec in zip(self.pruning_vars, self._specs):
+                    scores = self.scorer(
+                        ops.multiply(weight.value, ops.cast(mask.value, weight.dtype))
+                    )
+                    new_mask, threshold = self._granularity_for(spec)(scores, sparsity)
+                    new.append(
+                        (ops.cast(new_mask, "uint8"), ops.cast(threshold, "float32"))
+                    )
+            return new
+
+        def keep():
+            return [
+                (ops.convert_to_tensor(mask.value), ops.convert_to_tensor(t.value))
+                for _, mask, t in self.pruning_vars
+            ]
+
+        new_values = ops.cond(should_prune, recompute, keep)
+        for (_, mask, threshold), (new_mask, new_threshold) in zip(
+            self.pruning_vars, new_values
+        ):
+            mask.assign(new_mask)
+            threshold.assign(ops.reshape(new_threshold, ()))
+
+    @contextlib.contextmanager
+    def _masked_weights(self):
+        """Runs the wrapped layer on `weight * mask` instead of `weight`."""
+        saved = []
+        try:
+            for (weight, mask, _), refs in zip(self.pruning_vars, self._swaps):
+                value = weight.value  # autocast under mixed precision
+                masked = ops.multiply(value, ops.cast(mask, value.dtype))
+                if not refs:
+                    weight.assign(ops.multiply(weight, ops.cast(mask, weight.dtype)))
+                for owner, name in refs:
+                    saved.append((owner, name, vars(owner)[name]))
+                    object.__setattr__(owner, name, masked)
+            yield
+        finally:
+            for owner, name, original in reversed(saved):
+                object.__setattr__(owner, name, original)
+
+    # ---------------------------------------------------------------- helpers
+    def apply_mask(self):
+        """Sets the stored pruned weights to exactly zero: `w <- w * mask`."""
+        for weight, mask, _ in self.pruning_vars:
+            weight.assign(ops.multiply(weight, ops.cast(mask, weight.dtype)))
+
+    @property
+    def prunable_weights(self):
+        return [w for w, _, _ in self.pruning_vars]
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return self.layer.compute_mask(inputs, previous_mask)
+
+    def save_own_variables(self, store):
+        if self._state_built:
+            self.apply_mask()  # a saved file is always sparse
+        super().save_own_variables(store)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pruning_schedule": keras.saving.serialize_keras_object(
+                    self.pruning_schedule
+                ),
+                "block_size": self.block_size,
+                "block_pooling_type": self.block_pooling_type,
+                "sparsity_m_by_n": self.sparsity_m_by_n,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(
+            config.pop("layer"), custom_objects=custom_objects
+        )
+        schedule = config.pop("pruning_schedule")
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(
+                schedule, custom_objects=custom_objects
+            )
+        return cls(layer, pruning_schedule=schedule, **config)
+
+
+def collect_prunable_layers(model):
+    """Every `PruneLowMagnitude` in the layer tree of `model` (any depth)."""
+    if isinstance(model, PruneLowMagnitude):
+        return [model]
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, PruneLowMagnitude)
+    ]
