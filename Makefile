@@ -29,12 +29,12 @@ demo: $(VENV)/.installed
 
 # The whole suite, once per backend (separate processes).
 test: $(VENV)/.installed-test
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests
-	KERAS_BACKEND=torch $(PY) -m pytest -q tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q
+	KERAS_BACKEND=torch $(PY) -m pytest -q
 
 test-tf test-jax test-torch: $(VENV)/.installed-test
-	KERAS_BACKEND=$(subst test-,,$(subst tf,tensorflow,$@)) $(PY) -m pytest -q tests
+	KERAS_BACKEND=$(subst test-,,$(subst tf,tensorflow,$@)) $(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/overhead.py

@@ -47,6 +47,30 @@ def keep_count(size, sparsity):
     return ops.cast(ops.maximum(kept, 1.0), "int32")
 
 
+def histogram(ids, length):
+    """Counts of each value of int32 `ids` in `[0, length)`; static length.
+
+    `keras.ops.bincount` is not traceable under `jax.jit` (its output length
+    depends on the values), so each backend's own bounded histogram is used.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.bincount(ids, minlength=length, maxlength=length, dtype=tf.int32)
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.bincount(ids, length=length).astype("int32")
+    if backend == "torch":
+        import torch
+
+        return torch.bincount(ids.to(torch.int64), minlength=length).to(torch.int32)
+    return ops.cast(
+        ops.segment_sum(ops.ones_like(ids), ids, num_segments=length), "int32"
+    )
+
+
 def _select_bin(counts, k):
     """Index of the histogram bin holding the k-th largest element.
 
@@ -74,16 +98,14 @@ def kth_largest(scores, k):
     bits = ops.view(flat, "int32")
     k = ops.cast(k, "int32")
     high = ops.right_shift(bits, _LOW_BITS)
-    high_counts = ops.bincount(high, minlength=1 << _HIGH_BITS)
-    high_bin, rank = _select_bin(ops.cast(high_counts, "int32"), k)
+    high_bin, rank = _select_bin(histogram(high, 1 << _HIGH_BITS), k)
     # Elements outside the chosen high bin go to an extra, ignored low bin.
     low = ops.where(
         ops.equal(high, high_bin),
         ops.bitwise_and(bits, (1 << _LOW_BITS) - 1),
         1 << _LOW_BITS,
     )
-    low_counts = ops.bincount(low, minlength=(1 << _LOW_BITS) + 1)
-    low_counts = ops.cast(low_counts[: 1 << _LOW_BITS], "int32")
+    low_counts = histogram(low, (1 << _LOW_BITS) + 1)[: 1 << _LOW_BITS]
     low_bin, _ = _select_bin(low_counts, rank)
     threshold_bits = ops.bitwise_or(ops.left_shift(high_bin, _LOW_BITS), low_bin)
     return ops.view(ops.cast(threshold_bits, "int32"), "float32")
