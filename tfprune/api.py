@@ -54,11 +54,26 @@ def _clone(model, clone_layer):
             pairs.append((source, target))
         return new_layer
 
+    # Sequential models list their layers; only Functional ones replay calls.
+    call_function = None if isinstance(model, keras.Sequential) else _call_layer
     clone = keras.models.clone_model(
-        model, clone_function=clone_function, recursive=True
+        model, clone_function=clone_function, call_function=call_function, recursive=True
     )
     _copy_weights(pairs)
     return clone
+
+
+def _call_layer(layer, *args, **kwargs):
+    """Calls a cloned layer with the recorded arguments its `call` accepts.
+
+    A wrapper's call takes `mask`; the layer it wrapped may not (Dense).
+    """
+    accepted = getattr(layer, "call_signature_parameters", None)
+    if accepted is not None and "kwargs" not in accepted:
+        for name in ("mask", "training"):
+            if name in kwargs and name not in accepted and kwargs[name] is None:
+                kwargs.pop(name)
+    return layer(*args, **kwargs)
 
 
 def prune_low_magnitude(

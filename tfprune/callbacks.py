@@ -76,7 +76,8 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_predict_end(self, logs=None):
         self._set_training(self._training)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch=None, logs=None, batch=None):
+        # `batch` is accepted for TFMOT's custom-loop idiom on_epoch_end(batch=-1).
         for layer in self.prunable_layers:
             layer.apply_mask()
 

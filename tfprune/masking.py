@@ -57,7 +57,11 @@ def histogram(ids, length):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.math.bincount(ids, minlength=length, maxlength=length, dtype=tf.int32)
+        # The raw op takes a constant size, which XLA needs (tf.math.bincount
+        # computes its length at run time).
+        return tf.raw_ops.DenseBincount(
+            input=ids, size=length, weights=tf.zeros([0], tf.int32), binary_output=False
+        )
     if backend == "jax":
         import jax.numpy as jnp
 

@@ -1,0 +1,72 @@
+"""Model builders and checks shared by the tests."""
+
+import keras
+import numpy as np
+
+import tfprune
+
+
+def keep_count(size, sparsity):
+    """TFMOT's k: max(round_half_even(size * (1 - s)), 1) in float32."""
+    kept = np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))
+    return int(max(kept, 1))
+
+
+def data(shape, n=32, classes=2, seed=0, integer_vocab=None):
+    rng = np.random.default_rng(seed)
+    if integer_vocab:
+        x = rng.integers(0, integer_vocab, size=(n, *shape)).astype("int32")
+    else:
+        x = rng.normal(size=(n, *shape)).astype("float32")
+    y = rng.integers(0, classes, size=(n,)).astype("int32")
+    return x, y
+
+
+def mlp(input_dim=20, hidden=16, classes=3, name=None):
+    return keras.Sequential(
+        [
+            keras.Input((input_dim,)),
+            keras.layers.Dense(hidden, activation="relu", name="hidden"),
+            keras.layers.Dropout(0.1, name="dropout"),
+            keras.layers.Dense(classes, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def compile_model(model, optimizer="adam", **kwargs):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **kwargs,
+    )
+    return model
+
+
+def fit(model, x, y, epochs=1, batch_size=8, callbacks=None, **kwargs):
+    callbacks = [tfprune.UpdatePruningStep()] if callbacks is None else callbacks
+    return model.fit(
+        x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks, **kwargs
+    )
+
+
+def wrappers(model):
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, tfprune.PruneLowMagnitude)
+    ]
+
+
+def step_of(wrapper):
+    return int(keras.ops.convert_to_numpy(wrapper.pruning_step))
+
+
+def assert_exact_sparsity(wrapper, sparsity):
+    """Each mask keeps exactly k weights and stored pruned weights are zero."""
+    for weight, mask, _ in wrapper.pruning_vars:
+        w = keras.ops.convert_to_numpy(weight)
+        m = keras.ops.convert_to_numpy(mask)
+        assert m.dtype == np.uint8
+        assert int(m.sum()) == keep_count(m.size, sparsity), weight.path
+        assert np.all(w[m == 0] == 0), f"stored pruned weights of {weight.path} not zero"
