@@ -31,6 +31,8 @@ import weakref
 import keras
 from keras import ops
 
+from keras.src.backend.common import stateless_scope as _stateless_scope
+
 from tfprune import layers as layer_specs
 from tfprune import masking, scoring
 from tfprune import schedules as schedules_lib
@@ -70,13 +72,24 @@ def _in_graph_constraints_supported():
     return keras.backend.backend() in ("tensorflow", "torch")
 
 
+def _step_dtype():
+    """int64 as in TFMOT; int32 under JAX unless 64-bit types are enabled."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "int32"
+    return "int64"
+
+
 def _build_takes_one_shape(layer):
-    params = [
+    required = [
         p
         for p in inspect.signature(layer.build).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is p.empty
     ]
-    return len(params) <= 1
+    return len(required) <= 1
 
 
 def _attribute_refs(layer, variable):
@@ -153,6 +166,22 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._last_call_context = None
 
     # ------------------------------------------------------------------ build
+    def __call__(self, *args, **kwargs):
+        if not self.layer.built and not _build_takes_one_shape(self.layer):
+            # Layers whose build needs several shapes (MultiHeadAttention) are
+            # built from the call's arguments first, so that `build` below can
+            # create the pruning state next to the layer's weights.
+            from keras.src.layers.layer import CallSpec
+
+            spec = CallSpec(
+                self.layer._call_signature,
+                self.layer._call_context_args,
+                args,
+                {k: v for k, v in kwargs.items() if k != "training"},
+            )
+            self.layer._maybe_build(spec)
+        return super().__call__(*args, **kwargs)
+
     def build(self, input_shape=None):
         if not self.layer.built and _build_takes_one_shape(self.layer):
             self.layer.build(input_shape)
@@ -217,7 +246,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             name="pruning_step",
             shape=(),
             initializer="zeros",
-            dtype="int64",
+            dtype=_step_dtype(),
             trainable=False,
             autocast=False,
             aggregation="only_first_replica",
@@ -273,9 +302,19 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             return self._fit_training
         return bool(training)
 
+    def _step_token(self):
+        """An object that lives exactly as long as one forward pass.
+
+        Under JAX `fit` the model runs in one `StatelessScope` (its layers each
+        open their own call context); elsewhere the outermost call context
+        spans the forward pass.
+        """
+        scope = _stateless_scope.get_stateless_scope()
+        return scope if scope is not None else self._get_call_context()
+
     def _advance_step(self):
-        """Advances `pruning_step` once per outermost model call."""
-        context = self._get_call_context()
+        """Advances `pruning_step` once per forward pass of the model."""
+        context = self._step_token()
         last = self._last_call_context
         if last is not None and last() is context:
             return False
