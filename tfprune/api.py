@@ -161,8 +161,9 @@ def prune_low_magnitude(
             for inner in w.layer._flatten_layers()
         }
         for layer in to_prune._flatten_layers(include_self=False, recursive=True):
-            if not isinstance(layer, keras.Model) and id(layer) not in wrapped:
-                layer_specs.describe(layer)  # all-or-nothing: validate first
+            if isinstance(layer, (keras.Model, PruneLowMagnitude)) or id(layer) in wrapped:
+                continue
+            layer_specs.describe(layer)  # all-or-nothing: validate first
 
         def clone_layer(layer):
             copy = _copy_layer(layer)

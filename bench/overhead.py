@@ -1,0 +1,342 @@
+"""Training-time overhead of pruning: epoch time pruned / dense.
+
+Measures, for tfprune (Keras 3; TensorFlow backend by default) and for TFMOT
+(tf_keras, in its own subprocess with TF_USE_LEGACY_KERAS=1), on the same data:
+
+- (a) MLP 784-300-100-10 on synthetic data (12000 samples of 784 Gaussian
+  features, labels from a random linear teacher, 10 classes, batch 128,
+  94 steps per epoch);
+- (b) a small CNN (Conv 32 - Conv 64 - MaxPool - Dense 128 - Dense 10) on
+  scikit-learn's `load_digits` (1797 images 8x8x1, batch 32, 57 steps per
+  epoch; random images of the same shape if scikit-learn is missing).
+
+Each model is trained dense and pruned with `ConstantSparsity(0.9,
+begin_step=0, frequency=f)` for f = 1 (mask update at every step) and f = 100.
+All variants of a worker are built, compiled and warmed up by one epoch
+(trace/compile excluded); then `--rounds` rounds each train every variant for
+one slot of epochs (1 for the MLP, 2 for the CNN), in an order rotated each
+round, so dense and pruned runs are interleaved. An epoch is timed from
+`on_epoch_begin` to `on_epoch_end` (after the pruning callback's epoch-end
+work). Reported: median epoch times, and the median over rounds of the
+pruned/dense ratio of the same round.
+
+Targets: tfprune <= 1.05x at frequency=100 and <= 1.5x at frequency=1.
+
+Commands (from the repository root):
+
+    .venv/bin/python bench/overhead.py            # full run, TF backend + TFMOT (~5 min)
+    .venv/bin/python bench/overhead.py --quick    # smoke run (~1.5 min)
+    .venv/bin/python bench/overhead.py --backends tensorflow,jax,torch
+    .venv/bin/python bench/overhead.py --ablate   # + f=1 without mask updates
+
+`--ablate` adds a tfprune variant at f=1 whose mask recomputation is disabled
+(per-instance `_update_masks = no-op`), splitting the overhead into per-step
+bookkeeping (masked forward, constraint, step counter, schedule, cond) and the
+mask updates themselves.
+
+Results: bench/results/overhead.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+NAME = "overhead"
+FREQS = (1, 100)
+TARGETS = {1: 1.5, 100: 1.05}
+
+
+# --------------------------------------------------------------------- worker
+def _data(model_name, quick, np):
+    rng = np.random.default_rng(0)
+    if model_name == "mlp":
+        n = 2560 if quick else 12000
+        x = rng.standard_normal((n, 784)).astype("float32")
+        teacher = rng.standard_normal((784, 10)).astype("float32")
+        y = np.argmax(x @ teacher, axis=1).astype("int32")
+        return x, y, 128, "synthetic 784-d Gaussian, linear teacher"
+    try:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = (digits.images / 16.0).astype("float32")[..., None]
+        y = digits.target.astype("int32")
+        source = "sklearn load_digits"
+    except ImportError:
+        x = rng.random((1797, 8, 8, 1)).astype("float32")
+        y = rng.integers(0, 10, 1797).astype("int32")
+        source = "random 8x8x1 (scikit-learn missing)"
+    return x, y, 32, source
+
+
+def _model(keras, model_name):
+    L = keras.layers
+    if model_name == "mlp":
+        return keras.Sequential(
+            [
+                keras.Input((784,)),
+                L.Dense(300, activation="relu"),
+                L.Dense(100, activation="relu"),
+                L.Dense(10),
+            ]
+        )
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(32, 3, padding="same", activation="relu"),
+            L.Conv2D(64, 3, activation="relu"),
+            L.MaxPooling2D(2),
+            L.Flatten(),
+            L.Dense(128, activation="relu"),
+            L.Dense(10),
+        ]
+    )
+
+
+def worker(cfg):
+    import numpy as np
+
+    kind = cfg["kind"]
+    if kind == "tfmot":
+        import tensorflow_model_optimization as tfmot
+        import tf_keras as keras
+
+        sparsity = tfmot.sparsity.keras
+        prune = sparsity.prune_low_magnitude
+        schedule = sparsity.ConstantSparsity
+        step_callback = sparsity.UpdatePruningStep
+    else:
+        import keras
+
+        import tfprune
+
+        prune = tfprune.prune_low_magnitude
+        schedule = tfprune.ConstantSparsity
+        step_callback = tfprune.UpdatePruningStep
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._start)
+
+    result = {"kind": kind, "versions": C.versions(kind), "models": {}}
+    for model_name in cfg["models"]:
+        x, y, batch, source = _data(model_name, cfg["quick"], np)
+        variants = ["dense"] + [f"f{f}" for f in FREQS]
+        if cfg.get("ablate") and kind == "tfprune":
+            variants.append("f1_no_mask_update")
+        models = {}
+        for variant in variants:
+            keras.utils.set_random_seed(0)
+            model = _model(keras, model_name)
+            if variant != "dense":
+                freq = int(variant.split("_")[0][1:])
+                model = prune(model, pruning_schedule=schedule(0.9, 0, frequency=freq))
+                if variant.endswith("no_mask_update"):
+                    for layer in model.layers:
+                        if type(layer).__name__ == "PruneLowMagnitude":
+                            layer._update_masks = lambda: None
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            models[variant] = model
+
+        def train(variant, epochs):
+            timer = EpochTimer()
+            callbacks = [] if variant == "dense" else [step_callback()]
+            models[variant].fit(
+                x,
+                y,
+                batch_size=batch,
+                epochs=epochs,
+                verbose=0,
+                shuffle=True,
+                callbacks=callbacks + [timer],
+            )
+            return timer.times
+
+        warm = {}
+        for variant in variants:  # trace/compile + first epoch, excluded
+            start = time.perf_counter()
+            train(variant, 1)
+            warm[variant] = time.perf_counter() - start
+        epochs = cfg["epochs_per_slot"][model_name]
+        slots = {v: [] for v in variants}
+        for r in range(cfg["rounds"]):
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
+            for variant in order:
+                slots[variant].append(C.median(train(variant, epochs)))
+        ratios = {
+            v: [p / d for p, d in zip(slots[v], slots["dense"])]
+            for v in variants
+            if v != "dense"
+        }
+        sparsities = {}
+        for variant in variants:
+            if variant == "dense":
+                continue
+            zeros = total = 0
+            for layer in models[variant].layers:
+                if type(layer).__name__ == "PruneLowMagnitude":
+                    kernel = layer.layer.kernel
+                    if kind == "tfmot":
+                        kernel = kernel.numpy()
+                    else:
+                        kernel = keras.ops.convert_to_numpy(kernel)
+                    zeros += int(np.sum(kernel == 0))
+                    total += kernel.size
+            sparsities[variant] = zeros / max(total, 1)
+        result["models"][model_name] = {
+            "data": source,
+            "samples": int(len(x)),
+            "batch": batch,
+            "steps_per_epoch": int(-(-len(x) // batch)),
+            "epochs_per_slot": epochs,
+            "warmup_s": warm,
+            "slot_epoch_s": slots,
+            "median_epoch_s": {v: C.median(t) for v, t in slots.items()},
+            "round_ratios": ratios,
+            "median_ratio": {v: C.median(r) for v, r in ratios.items()},
+            "final_kernel_sparsity": sparsities,
+        }
+    C.write_worker_result(cfg, result)
+
+
+# --------------------------------------------------------------------- parent
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fast smoke run")
+    parser.add_argument("--backends", default="tensorflow", help="tfprune backends, comma separated")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7, torch 3; quick 2)")
+    parser.add_argument("--no-tfmot", action="store_true", help="skip the TFMOT worker")
+    parser.add_argument("--ablate", action="store_true", help="add f=1 without mask updates")
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+
+    models = [m for m in args.models.split(",") if m]
+    backends = C.parse_backends(args.backends)
+    base = {
+        "quick": args.quick,
+        "models": models,
+        "ablate": args.ablate,
+        "epochs_per_slot": {"mlp": 1, "cnn": 1 if args.quick else 2},
+    }
+
+    def rounds_for(backend):
+        if args.rounds:
+            return args.rounds
+        if args.quick:
+            return 2
+        return 3 if backend == "torch" else 7
+
+    print(f"overhead: models={models} backends={backends} quick={args.quick}")
+    runs = {}
+    for backend in backends:
+        cfg = dict(base, kind="tfprune", rounds=rounds_for(backend))
+        runs[f"tfprune[{backend}]"] = C.run_worker(
+            __file__, NAME, f"tfprune-{backend}", cfg, "tfprune", backend
+        )
+    if not args.no_tfmot:
+        cfg = dict(base, kind="tfmot", rounds=rounds_for("tensorflow"))
+        runs["tfmot[tf_keras]"] = C.run_worker(__file__, NAME, "tfmot", cfg, "tfmot")
+
+    report(runs, models, backends, args)
+    C.save_results(
+        NAME,
+        {
+            "command": " ".join(["python", "bench/overhead.py"] + sys.argv[1:]),
+            "targets_pruned_over_dense": {f"f{k}": v for k, v in TARGETS.items()},
+            "runs": runs,
+        },
+    )
+
+
+def _get(run, model, key, variant):
+    try:
+        return run["models"][model][key][variant]
+    except (KeyError, TypeError):
+        return None
+
+
+def _ratio_cell(run, model, variant):
+    ratio = _get(run, model, "median_ratio", variant)
+    values = _get(run, model, "round_ratios", variant)
+    if ratio is None:
+        return "-", "-"
+    spread = f"{min(values):.2f}-{max(values):.2f}" if values else ""
+    return f"{ratio:.2f}x", spread
+
+
+def report(runs, models, backends, args):
+    tfmot = runs.get("tfmot[tf_keras]", {})
+    headers = [
+        "model", "freq", "tfprune backend",
+        "tfprune dense s", "tfprune pruned s", "tfprune ratio", "(range)", "target", "met",
+        "TFMOT dense s", "TFMOT pruned s", "TFMOT ratio", "(range)",
+        "TFMOT/tfprune pruned",
+    ]  # fmt: skip
+    rows = []
+    for model in models:
+        for backend in backends:
+            run = runs.get(f"tfprune[{backend}]", {})
+            for freq in FREQS:
+                v = f"f{freq}"
+                ratio = _get(run, model, "median_ratio", v)
+                pruned = _get(run, model, "median_epoch_s", v)
+                tfmot_pruned = _get(tfmot, model, "median_epoch_s", v)
+                met = "-" if ratio is None else ("yes" if ratio <= TARGETS[freq] else "NO")
+                rows.append(
+                    [
+                        model, freq, backend,
+                        C.fmt(_get(run, model, "median_epoch_s", "dense")),
+                        C.fmt(pruned),
+                        *_ratio_cell(run, model, v),
+                        f"<={TARGETS[freq]}x", met,
+                        C.fmt(_get(tfmot, model, "median_epoch_s", "dense")),
+                        C.fmt(tfmot_pruned),
+                        *_ratio_cell(tfmot, model, v),
+                        "-" if not (pruned and tfmot_pruned) else f"{tfmot_pruned / pruned:.2f}x",
+                    ]
+                )  # fmt: skip
+            if args.ablate:
+                v = "f1_no_mask_update"
+                rows.append(
+                    [model, "1*", backend,
+                     C.fmt(_get(run, model, "median_epoch_s", "dense")),
+                     C.fmt(_get(run, model, "median_epoch_s", v)),
+                     *_ratio_cell(run, model, v), "", "", "", "", "", "", ""]
+                )  # fmt: skip
+    print("\nEpoch time (median over rounds) and pruned/dense ratio (median of per-round ratios)")
+    print(C.table(headers, rows))
+    if args.ablate:
+        print("1* = f=1 with mask recomputation disabled (per-step bookkeeping only)")
+    print("\nFinal kernel sparsity of pruned models (sanity check, target 0.9):")
+    for name, run in runs.items():
+        for model in models:
+            sp = (run.get("models", {}).get(model) or {}).get("final_kernel_sparsity")
+            if sp:
+                text = ", ".join(f"{k}={v:.3f}" for k, v in sp.items())
+                steps = run["models"][model]["steps_per_epoch"]
+                print(f"  {name:22s} {model}: {text}  ({steps} steps/epoch)")
+    for name, run in runs.items():
+        if "error" in run:
+            print(f"  {name}: ERROR {run['error']}")
+
+
+if __name__ == "__main__":
+    main()
