@@ -1,0 +1,93 @@
+import keras
+import numpy as np
+import pytest
+from conftest import only_backends, to_numpy
+from helpers import compile_model, data, fit, mlp, wrappers
+
+import tfprune
+
+
+@pytest.mark.parametrize("log_dir", ["", None, 3])
+def test_pruning_summaries_rejects_empty_log_dir(log_dir):
+    with pytest.raises(ValueError, match="log_dir"):
+        tfprune.PruningSummaries(log_dir=log_dir)
+
+
+@only_backends("tensorflow", "jax", "torch", reason="needs TensorFlow's tf.summary")
+def test_pruning_summaries_writes_sparsity_and_threshold(tmp_path):
+    pytest.importorskip("tensorflow", reason="PruningSummaries writes with tf.summary")
+    pytest.importorskip("tensorboard", reason="reading event files needs tensorboard")
+    from tensorboard.backend.event_processing import event_accumulator
+
+    x, y = data((20,), n=32)
+    model = compile_model(
+        tfprune.prune_low_magnitude(mlp(), tfprune.ConstantSparsity(0.75, 0, frequency=1))
+    )
+    fit(
+        model,
+        x,
+        y,
+        epochs=2,
+        callbacks=[tfprune.UpdatePruningStep(), tfprune.PruningSummaries(log_dir=str(tmp_path))],
+    )
+    files = list((tmp_path / "train").glob("events.out.tfevents.*"))
+    assert files
+    scalars = {}
+    for f in files:
+        acc = event_accumulator.EventAccumulator(str(f), size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["tensors"]:
+            import tensorflow as tf
+
+            if not tag.endswith(("/sparsity", "/threshold")):
+                continue
+            scalars[tag] = [
+                (e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)
+            ]
+    sparsity_tags = [t for t in scalars if t.endswith("/sparsity")]
+    threshold_tags = [t for t in scalars if t.endswith("/threshold")]
+    assert len(sparsity_tags) == 2 and len(threshold_tags) == 2
+    for tag in sparsity_tags:
+        assert [step for step, _ in scalars[tag]] == [4, 8]
+        assert scalars[tag][-1][1] == pytest.approx(0.75, abs=1e-3)
+    wrapper = wrappers(model)[0]
+    threshold = float(to_numpy(wrapper.pruning_vars[0][2]))
+    tag = f"{wrapper.pruning_vars[0][2].path}/threshold"
+    assert scalars[tag][-1][1] == pytest.approx(threshold)
+
+
+def test_update_pruning_step_finds_wrappers_anywhere():
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = tfprune.prune_low_magnitude(
+                keras.layers.Dense(8), tfprune.ConstantSparsity(0.5, 0, frequency=1)
+            )
+
+        def call(self, x):
+            return self.inner(x)
+
+    model = compile_model(
+        keras.Sequential([keras.Input((20,)), Block(), keras.layers.Dense(2)])
+    )
+    fit(model, *data((20,), n=16))
+    found = wrappers(model)
+    assert len(found) == 1 and int(to_numpy(found[0].pruning_step)) == 2
+    assert int(to_numpy(found[0].pruning_vars[0][1]).sum()) == 80
+
+
+def test_epoch_end_applies_masks_to_stored_weights():
+    model = compile_model(
+        tfprune.prune_low_magnitude(mlp(), tfprune.ConstantSparsity(0.5, 0, frequency=1))
+    )
+    fit(model, *data((20,), n=16))
+    wrapper = wrappers(model)[0]
+    kernel = to_numpy(wrapper.layer.kernel)
+    kernel[:] = 1.0
+    wrapper.layer.kernel.assign(kernel)
+    callback = tfprune.UpdatePruningStep()
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_end(0)
+    stored = to_numpy(wrapper.layer.kernel)
+    np.testing.assert_array_equal(stored, to_numpy(wrapper.pruning_vars[0][1]).astype("float32"))

@@ -1,0 +1,122 @@
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+from helpers import keep_count
+
+from tfprune import masking
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 65537])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 0.99])
+def test_kth_largest_matches_sort(size, sparsity):
+    rng = np.random.default_rng(size)
+    scores = np.abs(rng.normal(size=size)).astype("float32")
+    k = keep_count(size, sparsity)
+    got = float(to_numpy(masking.kth_largest(scores, k)))
+    assert got == np.sort(scores)[::-1][k - 1]
+    mask, threshold = masking.threshold_mask(scores, sparsity)
+    mask = to_numpy(mask)
+    assert int(mask.sum()) == k
+    assert float(to_numpy(threshold)) == got
+
+
+def test_keep_count_is_tfmot_rule():
+    assert int(to_numpy(masking.keep_count(100, 0.5))) == 50
+    assert int(to_numpy(masking.keep_count(5, 0.5))) == 2  # 2.5 rounds half to even
+    assert int(to_numpy(masking.keep_count(7, 0.5))) == 4  # 3.5 -> 4
+    assert int(to_numpy(masking.keep_count(10, 0.999))) == 1  # never empty
+
+
+def test_ties_at_threshold_are_kept():
+    scores = np.array([3.0, 2.0, 2.0, 2.0, 1.0, 0.0], "float32")
+    mask, threshold = masking.threshold_mask(scores, 0.5)  # k = 3
+    assert to_numpy(mask).tolist() == [True, True, True, True, False, False]
+    assert float(to_numpy(threshold)) == 2.0
+
+
+def test_extreme_values():
+    scores = np.array([0.0, 1e-45, 1e-38, 3.4e38, np.inf, 1.0], "float32")
+    for k in range(1, 7):
+        got = float(to_numpy(masking.kth_largest(scores, k)))
+        assert got == np.sort(scores)[::-1][k - 1]
+
+
+def test_block_avg_and_max_with_partial_blocks():
+    w = np.arange(1, 16, dtype="float32").reshape(3, 5)
+    for pooling in ("AVG", "MAX"):
+        g = masking.Block((2, 2), pooling)
+        pooled = to_numpy(g.pool(w))
+        assert pooled.shape == (2, 3)
+        if pooling == "MAX":
+            assert pooled.tolist() == [[7, 9, 10], [12, 14, 15]]
+        else:
+            assert pooled[0, 2] == pytest.approx((5 + 10) / 2)
+            assert pooled[1, 2] == pytest.approx(15.0)
+        mask, _ = g(w, 0.5)
+        mask = to_numpy(mask)
+        assert mask.shape == (3, 5)
+        for r in range(0, 3, 2):
+            for c in range(0, 5, 2):
+                block = mask[r : r + 2, c : c + 2]
+                assert block.min() == block.max()
+
+
+def test_m_by_n_dense_and_conv_layouts():
+    rng = np.random.default_rng(0)
+    dense = np.abs(rng.normal(size=(12, 5))).astype("float32")
+    mask = to_numpy(masking.MByN(2, 4, in_axis=0, out_axis=1)(dense, 0.0)[0])
+    groups = mask.T.reshape(5, 3, 4)
+    assert np.all(groups.sum(-1) == 2)
+    conv = np.abs(rng.normal(size=(3, 3, 8, 4))).astype("float32")
+    mask = to_numpy(masking.MByN(1, 4)(conv, 0.0)[0])
+    groups = np.transpose(mask, (3, 0, 1, 2)).reshape(-1, 2, 4)
+    assert np.all(groups.sum(-1) == 3)
+    scores = np.transpose(conv, (3, 0, 1, 2)).reshape(-1, 2, 4)
+    smallest = scores.argmin(-1)
+    assert np.all(np.take_along_axis(groups, smallest[..., None], -1) == 0)
+
+
+def test_m_by_n_ties_keep_lower_index_and_ragged_groups():
+    w = np.array([[1.0], [1.0], [1.0], [1.0], [5.0], [2.0]], "float32")  # in=6
+    mask = to_numpy(masking.MByN(2, 4, in_axis=0, out_axis=1)(w, 0.0)[0]).ravel()
+    assert mask.tolist() == [True, True, False, False, True, True]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(block_size=(1, 0)), ValueError, "block_size"),
+        (dict(block_size=(1, 2, 3)), TypeError, "block_size"),
+        (dict(block_size=(1.5, 2)), TypeError, "block_size"),
+        (dict(block_pooling_type="avg"), ValueError, "block_pooling_type"),
+        (dict(sparsity_m_by_n=(2, 2)), ValueError, "sparsity_m_by_n"),
+        (dict(sparsity_m_by_n=2), TypeError, "sparsity_m_by_n"),
+        (dict(sparsity_m_by_n=(2, 4), block_size=(2, 2)), ValueError, "cannot be combined"),
+    ],
+)
+def test_granularity_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        masking.granularity_from_args(**kwargs)
+
+
+def test_granularity_from_args():
+    assert masking.granularity_from_args() == masking.Unstructured()
+    assert masking.granularity_from_args((2, 4), "MAX") == masking.Block((2, 4), "MAX")
+    assert masking.granularity_from_args(sparsity_m_by_n=[2, 4]) == masking.MByN(2, 4)
+
+
+def test_mask_update_traces_under_jit():
+    backend = keras.backend.backend()
+    scores = np.abs(np.random.default_rng(0).normal(size=(64, 32))).astype("float32")
+    fn = masking.Unstructured()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda s, p: masking.Unstructured()(s, p), jit_compile=True)
+    elif backend == "jax":
+        import jax
+
+        fn = jax.jit(lambda s, p: masking.Unstructured()(s, p))
+    mask, _ = fn(scores, np.float32(0.75))
+    assert int(to_numpy(mask).sum()) == keep_count(64 * 32, 0.75)
