@@ -82,6 +82,42 @@ def run_worker(script, name, tag, config, kind, backend=None, timeout=1800):
     return result
 
 
+def configure_threads(threads, kind, backend=None):
+    """Limits a worker to `threads` CPU threads (None: library defaults).
+
+    Call at the start of a worker, before Keras is imported. On a small,
+    shared machine, one thread per process makes timings less sensitive to
+    other processes (a multi-threaded op waits for its slowest thread).
+    """
+    if not threads:
+        return
+    n = str(int(threads))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = n
+    if backend == "jax":
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}"
+        ).strip()
+    if kind == "tfmot" or backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(int(n))
+        tf.config.threading.set_inter_op_parallelism_threads(int(n))
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(int(n))
+        torch.set_num_interop_threads(int(n))
+
+
+def load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
 def write_worker_result(config, result):
     with open(config["out"], "w") as f:
         json.dump(result, f)

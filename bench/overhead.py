@@ -102,6 +102,8 @@ def worker(cfg):
     import numpy as np
 
     kind = cfg["kind"]
+    C.configure_threads(cfg.get("threads"), kind, cfg.get("backend"))
+    load_begin = C.load_average()
     if kind == "tfmot":
         import tensorflow_model_optimization as tfmot
         import tf_keras as keras
@@ -189,12 +191,8 @@ def worker(cfg):
                 continue
             zeros = total = 0
             for layer in models[variant].layers:
-                if type(layer).__name__ == "PruneLowMagnitude":
-                    kernel = layer.layer.kernel
-                    if kind == "tfmot":
-                        kernel = kernel.numpy()
-                    else:
-                        kernel = keras.ops.convert_to_numpy(kernel)
+                for weight, _, _ in getattr(layer, "pruning_vars", []):
+                    kernel = keras.ops.convert_to_numpy(weight) if kind != "tfmot" else weight.numpy()
                     zeros += int(np.sum(kernel == 0))
                     total += kernel.size
             sparsities[variant] = zeros / max(total, 1)
@@ -211,6 +209,7 @@ def worker(cfg):
             "median_ratio": {v: C.median(r) for v, r in ratios.items()},
             "final_kernel_sparsity": sparsities,
         }
+    result["load_average"] = {"begin": load_begin, "end": C.load_average()}
     C.write_worker_result(cfg, result)
 
 
@@ -223,6 +222,10 @@ def main():
     parser.add_argument("--no-tfmot", action="store_true", help="skip the TFMOT worker")
     parser.add_argument("--ablate", action="store_true", help="add f=1 without mask updates")
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads per worker (default: library defaults)",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -235,6 +238,7 @@ def main():
         "models": models,
         "ablate": args.ablate,
         "epochs_per_slot": {"mlp": 1, "cnn": 1 if args.quick else 2},
+        "threads": args.threads,
     }
 
     def rounds_for(backend):
@@ -247,7 +251,7 @@ def main():
     print(f"overhead: models={models} backends={backends} quick={args.quick}")
     runs = {}
     for backend in backends:
-        cfg = dict(base, kind="tfprune", rounds=rounds_for(backend))
+        cfg = dict(base, kind="tfprune", backend=backend, rounds=rounds_for(backend))
         runs[f"tfprune[{backend}]"] = C.run_worker(
             __file__, NAME, f"tfprune-{backend}", cfg, "tfprune", backend
         )
@@ -333,6 +337,11 @@ def report(runs, models, backends, args):
                 text = ", ".join(f"{k}={v:.3f}" for k, v in sp.items())
                 steps = run["models"][model]["steps_per_epoch"]
                 print(f"  {name:22s} {model}: {text}  ({steps} steps/epoch)")
+    print("\nLoad average (1/5/15 min) at worker begin -> end (2 cores; > 2 means contention):")
+    for name, run in runs.items():
+        load = run.get("load_average")
+        if load:
+            print(f"  {name:22s} {load['begin']} -> {load['end']}")
     for name, run in runs.items():
         if "error" in run:
             print(f"  {name}: ERROR {run['error']}")
