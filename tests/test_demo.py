@@ -14,7 +14,7 @@ def test_demo_reports_sparsity_accuracy_and_size():
         assert sparsity == pytest.approx(1 - max(kept, 1) / size)
     assert result["pruned_size"][1] < result["dense_size"][1] / 3
     report = demo.format_report(result)
-    assert "test accuracy" in report and "size gzip" in report
+    assert "test accuracy" in report and "weights gzip" in report
 
 
 def test_cli_help(capsys):

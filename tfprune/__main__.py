@@ -1,6 +1,7 @@
 """Command line: `python -m tfprune demo`."""
 
 import argparse
+import os
 import sys
 
 
@@ -10,6 +11,7 @@ def main(argv=None):
     sub.add_parser("demo", help="prune a small CNN on digits to 90%% with AGP")
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from tfprune import demo
 
         demo.main()
