@@ -18,9 +18,9 @@ the end of `fit`, when saving and by `strip_pruning`.
 
 Example:
 >>> import numpy as np
->>> layer = PruneLowMagnitude(keras.layers.Dense(2), ConstantSparsity(0.5, 0))
+>>> layer = PruneLowMagnitude(keras.layers.Dense(2, name="fc"), ConstantSparsity(0.5, 0))
 >>> layer.name
-'prune_low_magnitude_dense'
+'prune_low_magnitude_fc'
 """
 
 import contextlib
