@@ -22,7 +22,7 @@ def test_xnnpack_policy_prunes_only_1x1_convs():
     pruned = tfprune.prune_low_magnitude(
         xnnpack_model(), pruning_policy=tfprune.PruneForLatencyOnXNNPack()
     )
-    wrapped = [l.layer for l in pruned.layers if isinstance(l, tfprune.PruneLowMagnitude)]
+    wrapped = [layer.layer for layer in pruned.layers if isinstance(layer, tfprune.PruneLowMagnitude)]
     assert len(wrapped) == 1
     assert isinstance(wrapped[0], keras.layers.Conv2D)
     assert tuple(wrapped[0].kernel_size) == (1, 1)
@@ -62,4 +62,4 @@ def test_custom_policy():
         [keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2, name="last")]
     )
     pruned = tfprune.prune_low_magnitude(model, pruning_policy=OnlyLast())
-    assert [type(l).__name__ for l in pruned.layers] == ["Dense", "PruneLowMagnitude"]
+    assert [type(layer).__name__ for layer in pruned.layers] == ["Dense", "PruneLowMagnitude"]

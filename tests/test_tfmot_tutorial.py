@@ -129,7 +129,7 @@ def test_prune_only_dense_layers_with_clone_model(digits):
     model_for_pruning = tf.keras.models.clone_model(
         base_model, clone_function=apply_pruning_to_dense
     )
-    wrapped = [l for l in model_for_pruning.layers if isinstance(l, tfprune.PruneLowMagnitude)]
+    wrapped = [layer for layer in model_for_pruning.layers if isinstance(layer, tfprune.PruneLowMagnitude)]
     assert len(wrapped) == 2
     train_images, train_labels, _, _ = digits
     model_for_pruning.compile(

@@ -279,7 +279,7 @@ def test_nested_models_and_non_prunable_layers():
     before = model.predict(x, verbose=0)
     pruned = tfprune.prune_low_magnitude(model, **EVERY_STEP)
     np.testing.assert_allclose(pruned.predict(x, verbose=0), before, rtol=1e-6, atol=1e-6)
-    names = sorted(type(l).__name__ for l in pruned._flatten_layers(include_self=False))
+    names = sorted(type(layer).__name__ for layer in pruned._flatten_layers(include_self=False))
     assert names.count("PruneLowMagnitude") == 2
     assert "BatchNormalization" in names and "Dropout" in names
     compile_model(pruned)

@@ -78,7 +78,7 @@ def _call_layer(layer, *args, **kwargs):
 
 def prune_low_magnitude(
     to_prune,
-    pruning_schedule=ConstantSparsity(0.5, 0),
+    pruning_schedule=ConstantSparsity(0.5, 0),  # noqa: B008 (TFMOT default)
     block_size=(1, 1),
     block_pooling_type="AVG",
     pruning_policy=None,

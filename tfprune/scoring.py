@@ -10,7 +10,6 @@ Example:
 [2.0, 0.5]
 """
 
-import keras
 from keras import ops
 
 

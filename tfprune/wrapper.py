@@ -30,7 +30,6 @@ import weakref
 
 import keras
 from keras import ops
-
 from keras.src.backend.common import stateless_scope as _stateless_scope
 
 from tfprune import layers as layer_specs
@@ -124,7 +123,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def __init__(
         self,
         layer,
-        pruning_schedule=ConstantSparsity(0.5, 0),
+        pruning_schedule=ConstantSparsity(0.5, 0),  # noqa: B008 (TFMOT default)
         block_size=(1, 1),
         block_pooling_type="AVG",
         sparsity_m_by_n=None,
