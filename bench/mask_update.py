@@ -355,7 +355,10 @@ def main():
     parser.add_argument("--reps", type=int, default=None, help="timed runs (default 5; quick 2)")
     parser.add_argument("--xla", action="store_true", help="also time TFMOT's sort under XLA (TF)")
     parser.add_argument("--no-breakdown", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="CPU threads per worker (default 1; 0 = library defaults)",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -372,7 +375,7 @@ def main():
         "breakdown_reps": 3 if args.quick else 7,
         "small_shapes": SMALL_SHAPES,
         "small_reps": 5 if args.quick else 21,
-        "threads": args.threads,
+        "threads": args.threads or None,
     }
     backends = C.parse_backends(args.backends)
     print(f"mask_update: {size}x{size} float32, sparsity {args.sparsity}, backends={backends}")

@@ -223,8 +223,8 @@ def main():
     parser.add_argument("--ablate", action="store_true", help="add f=1 without mask updates")
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument(
-        "--threads", type=int, default=None,
-        help="CPU threads per worker (default: library defaults)",
+        "--threads", type=int, default=1,
+        help="CPU threads per worker (default 1; 0 = library defaults)",
     )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,7 +238,7 @@ def main():
         "models": models,
         "ablate": args.ablate,
         "epochs_per_slot": {"mlp": 1, "cnn": 1 if args.quick else 2},
-        "threads": args.threads,
+        "threads": args.threads or None,
     }
 
     def rounds_for(backend):

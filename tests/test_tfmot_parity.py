@@ -1,10 +1,10 @@
 """Parity with TFMOT: tfprune gives TensorFlow Model Optimization's numbers.
 
-TFMOT runs in a separate process (`tests/tfmot_oracle.py`, with
-`TF_USE_LEGACY_KERAS=1`), because importing it rewires `tf.keras`. Every
-request of this module goes to that process in one call (a module-scoped
-fixture), and each test compares one case with tfprune running on the current
-Keras backend:
+TFMOT runs out of process (`tests/tfmot_oracle.py`, with
+`TF_USE_LEGACY_KERAS=1`), because importing it rewires `tf.keras`. All the
+requests of this module are sent at once, to two oracle processes started by
+a module-scoped fixture, and each test compares one case with tfprune running
+on the current Keras backend:
 
 - schedule values (1e-6 absolute) and `should_prune` (identical) on a grid of
   steps, for `PolynomialDecay` and `ConstantSparsity`;
@@ -259,6 +259,9 @@ FIT_CASES = {
                   "config": dict(target_sparsity=0.9, begin_step=2, frequency=2)},
         batch_size=8, prune_kwargs={},
     ),
+    # Blocks whose pooled kernels stay rank 2: TFMOT squeezes the pooled
+    # tensor, so e.g. (1, 4) blocks on the (16, 4) kernel crash inside TFMOT.
+    # AVG pooling here also scores weights that are being differentiated.
     "block2x2_avg_0.75": dict(
         schedule={"class": "ConstantSparsity",
                   "config": dict(target_sparsity=0.75, begin_step=0, frequency=1)},
@@ -325,7 +328,6 @@ class _Oracle:
             )
             self._runs[group] = (proc, result, log)
             self._group_of.update({t["id"]: group for t in group_tasks})
-            self._group_of[f"__meta__:{group}"] = group
 
     def _load(self, group):
         if group in self._results:
@@ -473,7 +475,12 @@ def test_block_mask_matches_tfmot(oracle, name):
     mask, threshold = _tfprune_mask(case, granularity)
     expected = oracle.get(f"mask:{name}")
     _assert_same_mask(mask, expected["mask"], name)
-    np.testing.assert_array_equal(threshold, expected["threshold"])
+    if case["block_pooling_type"] == "MAX":
+        assert threshold == expected["threshold"], (threshold, expected["threshold"])
+    else:
+        # Block means are summed in another order than TFMOT's two 1-D
+        # average pools, so the threshold may differ in its last bit.
+        np.testing.assert_allclose(threshold, expected["threshold"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("pooling", ["AVG", "MAX"])
@@ -534,7 +541,7 @@ def _tfprune_fit(case):
         batch_size=case["batch_size"], epochs=1, shuffle=False, verbose=0,
         callbacks=[tfprune.UpdatePruningStep()],
     )
-    wrappers = [l for l in pruned.layers if isinstance(l, tfprune.PruneLowMagnitude)]
+    wrappers = [x for x in pruned.layers if isinstance(x, tfprune.PruneLowMagnitude)]
     out = {}
     for i, layer in enumerate(wrappers):
         weight, mask, threshold = layer.pruning_vars[0]

@@ -54,7 +54,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         )
         for layer in self.prunable_layers:
             layer._step_callback_attached = True
-        if newly_attached and hasattr(self.model, "make_train_function"):
+        if newly_attached and getattr(self.model, "compiled", False):
             # A train function traced before (and failed for want of this
             # callback) must be traced again.
             self.model.make_train_function(force=True)
