@@ -170,7 +170,7 @@ class Block:
             np.minimum(bh, rows - bh * np.arange(out_rows)),
             np.minimum(bw, cols - bw * np.arange(out_cols)),
         ).astype("float32")
-        return ops.sum(ops.sum(blocks, axis=3), axis=1) / counts
+        return ops.divide(ops.sum(ops.sum(blocks, axis=3), axis=1), ops.convert_to_tensor(counts))
 
     def expand(self, block_mask, shape):
         bh, bw = self.block_size

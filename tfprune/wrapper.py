@@ -341,9 +341,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             new = []
             with _AutocastScope(None):
                 for (weight, mask, _), spec in zip(self.pruning_vars, self._specs):
-                    scores = self.scorer(
-                        ops.multiply(weight.value, ops.cast(mask.value, weight.dtype))
-                    )
+                    masked = ops.multiply(weight.value, ops.cast(mask.value, weight.dtype))
+                    scores = ops.stop_gradient(self.scorer(masked))
                     new_mask, threshold = self._granularity_for(spec)(scores, sparsity)
                     new.append(
                         (ops.cast(new_mask, "uint8"), ops.cast(threshold, "float32"))
