@@ -34,6 +34,7 @@ setup(
             "dm-tree",
             "scipy",
             "mock",
+            "optax",  # JAX example of schedules outside Keras
         ],
     },
     entry_points={"console_scripts": ["tfprune=tfprune.__main__:main"]},
