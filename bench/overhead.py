@@ -155,7 +155,7 @@ def worker(cfg):
             )
             models[variant] = model
 
-        def train(variant, epochs):
+        def train(variant, epochs, models=models, x=x, y=y, batch=batch):
             timer = EpochTimer()
             callbacks = [] if variant == "dense" else [step_callback()]
             models[variant].fit(

@@ -6,7 +6,7 @@ mask is kept, and a mask can be read or reset without touching scores.
 
 Example:
 >>> import numpy as np
->>> keras.ops.convert_to_numpy(magnitude(np.array([-2.0, 0.5]))).tolist()
+>>> ops.convert_to_numpy(magnitude(np.array([-2.0, 0.5]))).tolist()
 [2.0, 0.5]
 """
 
