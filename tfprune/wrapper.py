@@ -155,9 +155,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self._input_shape_arg = layer._input_shape_arg
         self.supports_masking = layer.supports_masking
         self.scorer = scoring.magnitude
-        self.pruning_vars = []
+        # References to variables and layers owned elsewhere are kept out of
+        # Keras's tracking, or the layer's weights would be saved twice.
+        self._untracked("_pruning_vars", [])
+        self._untracked("_swaps", [])
         self._state_built = False
-        self._swaps = []
         # Set by UpdatePruningStep: training is allowed, and what `training=None`
         # means inside `fit` (subclassed models whose `call` has no `training`).
         self._step_callback_attached = False
@@ -220,7 +222,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         weights = layer_specs.prunable_weights(self.layer)
         for variable, spec in weights:
             self._granularity_for(spec).validate(variable.shape, variable.path)
-        self.pruning_vars = []
+        pruning_vars = []
         for variable, spec in weights:
             mask = self.add_weight(
                 name=f"{spec.name}_mask",
@@ -240,7 +242,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 autocast=False,
                 aggregation="only_first_replica",
             )
-            self.pruning_vars.append((variable, mask, threshold))
+            pruning_vars.append((variable, mask, threshold))
+        self._untracked("_pruning_vars", pruning_vars)
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -250,8 +253,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             autocast=False,
             aggregation="only_first_replica",
         )
-        self._specs = [spec for _, spec in weights]
-        self._swaps = []
+        self._untracked("_specs", [spec for _, spec in weights])
+        swaps = []
         for variable, _, _ in self.pruning_vars:
             refs = _attribute_refs(self.layer, variable)
             if not refs:
@@ -261,7 +264,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     "weight before each call instead of inside the graph.",
                     stacklevel=2,
                 )
-            self._swaps.append(refs)
+            swaps.append(refs)
+        self._untracked("_swaps", swaps)
         if _in_graph_constraints_supported():
             for variable, mask, _ in self.pruning_vars:
                 if not isinstance(variable.constraint, _MaskConstraint):
@@ -381,6 +385,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 object.__setattr__(owner, name, original)
 
     # ---------------------------------------------------------------- helpers
+    def _untracked(self, name, value):
+        object.__setattr__(self, name, value)
+
+    @property
+    def pruning_vars(self):
+        """`[(weight, mask, threshold)]` for each pruned weight (as in TFMOT)."""
+        return list(self._pruning_vars)
+
     def apply_mask(self):
         """Sets the stored pruned weights to exactly zero: `w <- w * mask`."""
         for weight, mask, _ in self.pruning_vars:
