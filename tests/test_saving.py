@@ -129,3 +129,26 @@ def test_checkpoints_taken_mid_epoch_are_sparse(tmp_path):
             k, m = to_numpy(weight), to_numpy(mask)
             assert m.sum() < m.size
             assert np.all(k[m == 0] == 0)
+
+
+def test_saved_file_stores_each_weight_once(tmp_path):
+    import io
+    import zipfile
+
+    import h5py
+
+    model = _pruned_mlp(CASES["polynomial"])
+    model.build((None, 20))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+        groups = [g for g in weights["layers"] if g.startswith("prune_low_magnitude")]
+        assert len(groups) == 2
+        step_dtype = str(np.dtype(wrappers(model)[0].pruning_step.dtype))
+        for group in groups:
+            own = weights[f"layers/{group}/vars"]
+            dtypes = sorted(str(own[name].dtype) for name in own)
+            # mask, threshold, pruning_step: no copy of the kernel
+            assert dtypes == sorted(["uint8", "float32", step_dtype])
+            assert len(weights[f"layers/{group}/layer/vars"]) == 2  # kernel, bias
