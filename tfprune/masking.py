@@ -69,7 +69,7 @@ def histogram(ids, length):
     if backend == "torch":
         import torch
 
-        return torch.bincount(ids.to(torch.int64), minlength=length).to(torch.int32)
+        return torch.bincount(ids, minlength=length).to(torch.int32)
     return ops.cast(
         ops.segment_sum(ops.ones_like(ids), ids, num_segments=length), "int32"
     )
@@ -81,10 +81,15 @@ def _select_bin(counts, k):
     Returns `(bin, rank)`, where `rank` is the position (1-based) of the k-th
     largest element among the elements of that bin.
     """
-    at_or_above = ops.flip(ops.cumsum(ops.flip(counts, 0)), 0)
+    cumulative = ops.cumsum(counts)
+    at_or_above = cumulative[-1] - cumulative + counts  # count of bins >= b
     index = ops.sum(ops.cast(ops.greater_equal(at_or_above, k), "int32")) - 1
     above = ops.take(at_or_above, index) - ops.take(counts, index)
     return index, k - above
+
+
+# Below this many elements one sort is cheaper than two 2**16-bin histograms.
+SORT_BELOW = 1 << 14
 
 
 def kth_largest(scores, k):
@@ -92,15 +97,20 @@ def kth_largest(scores, k):
 
     Radix select: non-negative IEEE floats order like their bit patterns, so a
     histogram of the high bits locates the bin of the k-th largest value and a
-    histogram of the low bits inside that bin locates the value itself.
+    histogram of the low bits inside that bin locates the value itself. Small
+    tensors (fewer than `SORT_BELOW` elements) are sorted instead; both give
+    the same value.
 
     Example:
     >>> float(kth_largest(np.array([0.5, 3.0, 2.0, 2.0], "float32"), 2))
     2.0
     """
     flat = ops.reshape(ops.cast(scores, "float32"), (-1,))
-    bits = ops.view(flat, "int32")
     k = ops.cast(k, "int32")
+    size = flat.shape[0]
+    if size < SORT_BELOW:
+        return ops.take(ops.sort(flat), size - k)
+    bits = ops.view(flat, "int32")
     high = ops.right_shift(bits, _LOW_BITS)
     high_bin, rank = _select_bin(histogram(high, 1 << _HIGH_BITS), k)
     # Elements outside the chosen high bin go to an extra, ignored low bin.
