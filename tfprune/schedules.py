@@ -159,8 +159,35 @@ class PruningSchedule:
         return f"{type(self).__name__}({args})"
 
 
+class _RangeSchedule(PruningSchedule):
+    """A schedule that prunes every `frequency` steps from `begin_step`.
+
+    Subclasses give `_sparsity(step)` and list their constructor arguments in
+    `_ARGS` (which is also their config).
+    """
+
+    _ARGS = ()
+
+    @property
+    def _last_pruning_step(self):
+        return self.end_step
+
+    def _sparsity(self, step):
+        raise NotImplementedError
+
+    def __call__(self, step):
+        step = _to_step(step)
+        should_prune = self._should_prune_in_step(
+            step, self.begin_step, self._last_pruning_step, self.frequency
+        )
+        return should_prune, self._sparsity(step)
+
+    def get_config(self):
+        return {name: getattr(self, name) for name in self._ARGS}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ConstantSparsity(PruningSchedule):
+class ConstantSparsity(_RangeSchedule):
     """Constant sparsity, applied every `frequency` steps in a step range.
 
         should_prune(step) = begin <= step and (step <= end or end == -1)
@@ -179,6 +206,8 @@ class ConstantSparsity(PruningSchedule):
         frequency: prune every `frequency` steps.
     """
 
+    _ARGS = ("target_sparsity", "begin_step", "end_step", "frequency")
+
     def __init__(self, target_sparsity, begin_step, end_step=-1, frequency=100):
         self._validate_sparsity(target_sparsity, "target_sparsity")
         self._validate_step(begin_step, end_step, frequency, True)
@@ -187,25 +216,12 @@ class ConstantSparsity(PruningSchedule):
         self.end_step = int(end_step)
         self.frequency = int(frequency)
 
-    def __call__(self, step):
-        return (
-            self._should_prune_in_step(
-                step, self.begin_step, self.end_step, self.frequency
-            ),
-            ops.convert_to_tensor(self.target_sparsity, dtype="float32"),
-        )
-
-    def get_config(self):
-        return {
-            "target_sparsity": self.target_sparsity,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "frequency": self.frequency,
-        }
+    def _sparsity(self, step):
+        return ops.convert_to_tensor(self.target_sparsity, dtype="float32")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class PolynomialDecay(PruningSchedule):
+class PolynomialDecay(_RangeSchedule):
     """Sparsity rising polynomially from `initial_sparsity` to `final_sparsity`.
 
         p = clip((step - begin) / (end - begin), 0, 1)
@@ -230,6 +246,10 @@ class PolynomialDecay(PruningSchedule):
         power: exponent of the polynomial (3 is the cubic of Zhu & Gupta).
         frequency: prune every `frequency` steps.
     """
+
+    _ARGS = (
+        "initial_sparsity", "final_sparsity", "begin_step", "end_step", "power", "frequency",
+    )
 
     def __init__(
         self,
@@ -259,38 +279,21 @@ class PolynomialDecay(PruningSchedule):
         self.power = int(power) if float(power).is_integer() else power
         self.frequency = int(frequency)
 
-    def __call__(self, step):
-        step = _to_step(step)
+    def _sparsity(self, step):
         span = np.float32(self.end_step - self.begin_step)
         p = ops.divide(ops.cast(step - self.begin_step, "float32"), span)
         p = ops.minimum(1.0, ops.maximum(0.0, p))
-        sparsity = ops.add(
+        return ops.add(
             ops.multiply(
                 np.float32(self.initial_sparsity - self.final_sparsity),
                 ops.power(1.0 - p, np.float32(self.power)),
             ),
             np.float32(self.final_sparsity),
         )
-        return (
-            self._should_prune_in_step(
-                step, self.begin_step, self.end_step, self.frequency
-            ),
-            sparsity,
-        )
-
-    def get_config(self):
-        return {
-            "initial_sparsity": self.initial_sparsity,
-            "final_sparsity": self.final_sparsity,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "power": self.power,
-            "frequency": self.frequency,
-        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ExponentialDecay(PruningSchedule):
+class ExponentialDecay(_RangeSchedule):
     """Sparsity approaching `final_sparsity` geometrically.
 
     Every `frequency` steps the remaining density shrinks by a factor
@@ -315,6 +318,10 @@ class ExponentialDecay(PruningSchedule):
         initial_sparsity: sparsity at `begin_step`, in [0, 1).
     """
 
+    _ARGS = (
+        "final_sparsity", "rate", "begin_step", "end_step", "frequency", "initial_sparsity",
+    )
+
     def __init__(
         self,
         final_sparsity,
@@ -337,34 +344,17 @@ class ExponentialDecay(PruningSchedule):
         self.frequency = int(frequency)
         self.initial_sparsity = float(initial_sparsity)
 
-    def __call__(self, step):
-        step = _to_step(step)
+    def _sparsity(self, step):
         elapsed = ops.maximum(ops.cast(step - self.begin_step, "float32"), 0.0)
         density = ops.multiply(
             np.float32(1.0 - self.initial_sparsity),
             ops.power(np.float32(1.0 - self.rate), elapsed / np.float32(self.frequency)),
         )
-        sparsity = ops.minimum(np.float32(self.final_sparsity), 1.0 - density)
-        return (
-            self._should_prune_in_step(
-                step, self.begin_step, self.end_step, self.frequency
-            ),
-            sparsity,
-        )
-
-    def get_config(self):
-        return {
-            "final_sparsity": self.final_sparsity,
-            "rate": self.rate,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "frequency": self.frequency,
-            "initial_sparsity": self.initial_sparsity,
-        }
+        return ops.minimum(np.float32(self.final_sparsity), 1.0 - density)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class AGP(PruningSchedule):
+class AGP(_RangeSchedule):
     """Automated gradual pruning (Zhu & Gupta, 2017), discrete.
 
     Sparsity rises from `initial_sparsity` to `final_sparsity` over
@@ -392,6 +382,8 @@ class AGP(PruningSchedule):
         initial_sparsity: sparsity at `begin_step`, in [0, 1).
     """
 
+    _ARGS = ("final_sparsity", "begin_step", "end_step", "frequency", "initial_sparsity")
+
     def __init__(
         self, final_sparsity, begin_step, end_step, frequency=100, initial_sparsity=0.0
     ):
@@ -417,37 +409,21 @@ class AGP(PruningSchedule):
         return (self.end_step - self.begin_step) // self.frequency
 
     @property
-    def last_step(self):
+    def _last_pruning_step(self):
         """The step of the last pruning event, `begin + n * frequency`."""
         return self.begin_step + self.num_events * self.frequency
 
-    def __call__(self, step):
-        step = _to_step(step)
+    def _sparsity(self, step):
         n = self.num_events
         k = ops.clip(ops.floor_divide(step - self.begin_step, self.frequency), 0, n)
         remaining = 1.0 - ops.cast(k, "float32") / np.float32(n)
-        sparsity = ops.add(
+        return ops.add(
             np.float32(self.final_sparsity),
             ops.multiply(
                 np.float32(self.initial_sparsity - self.final_sparsity),
                 remaining * remaining * remaining,
             ),
         )
-        return (
-            self._should_prune_in_step(
-                step, self.begin_step, self.last_step, self.frequency
-            ),
-            sparsity,
-        )
-
-    def get_config(self):
-        return {
-            "final_sparsity": self.final_sparsity,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "frequency": self.frequency,
-            "initial_sparsity": self.initial_sparsity,
-        }
 
 
 def get(identifier):
