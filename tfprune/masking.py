@@ -75,6 +75,18 @@ def histogram(ids, length):
     )
 
 
+def _low_histogram(bits, high, high_bin):
+    """Histogram of the low bits of the elements whose high bits are `high_bin`."""
+    low_mask = (1 << _LOW_BITS) - 1
+    if keras.backend.backend() == "torch":
+        # Eager: gather the few elements of the bin instead of a full pass.
+        in_bin = bits[high == high_bin]
+        return histogram(ops.bitwise_and(in_bin, low_mask), 1 << _LOW_BITS)
+    # Traced (static shapes): elements outside the bin go to an extra bin.
+    low = ops.where(ops.equal(high, high_bin), ops.bitwise_and(bits, low_mask), 1 << _LOW_BITS)
+    return histogram(low, (1 << _LOW_BITS) + 1)[: 1 << _LOW_BITS]
+
+
 def _select_bin(counts, k):
     """Index of the histogram bin holding the k-th largest element.
 
@@ -113,14 +125,7 @@ def kth_largest(scores, k):
     bits = ops.view(flat, "int32")
     high = ops.right_shift(bits, _LOW_BITS)
     high_bin, rank = _select_bin(histogram(high, 1 << _HIGH_BITS), k)
-    # Elements outside the chosen high bin go to an extra, ignored low bin.
-    low = ops.where(
-        ops.equal(high, high_bin),
-        ops.bitwise_and(bits, (1 << _LOW_BITS) - 1),
-        1 << _LOW_BITS,
-    )
-    low_counts = histogram(low, (1 << _LOW_BITS) + 1)[: 1 << _LOW_BITS]
-    low_bin, _ = _select_bin(low_counts, rank)
+    low_bin, _ = _select_bin(_low_histogram(bits, high, high_bin), rank)
     threshold_bits = ops.bitwise_or(ops.left_shift(high_bin, _LOW_BITS), low_bin)
     return ops.view(ops.cast(threshold_bits, "int32"), "float32")
 
