@@ -359,12 +359,24 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 for _, mask, t in self.pruning_vars
             ]
 
-        new_values = ops.cond(should_prune, recompute, keep)
-        for (_, mask, threshold), (new_mask, new_threshold) in zip(
-            self.pruning_vars, new_values
-        ):
-            mask.assign(new_mask)
-            threshold.assign(ops.reshape(new_threshold, ()))
+        def assign(values):
+            for (_, mask, threshold), (new_mask, new_threshold) in zip(
+                self.pruning_vars, values
+            ):
+                mask.assign(new_mask)
+                threshold.assign(ops.reshape(new_threshold, ()))
+            return ops.convert_to_tensor(True)
+
+        if keras.backend.backend() == "jax":
+            # A jitted branch may not assign: select the values, assign after.
+            assign(ops.cond(should_prune, recompute, keep))
+        else:
+            # Assign inside the branch: steps without an update copy nothing.
+            ops.cond(
+                should_prune,
+                lambda: assign(recompute()),
+                lambda: ops.convert_to_tensor(False),
+            )
 
     @contextlib.contextmanager
     def _masked_weights(self):
