@@ -71,6 +71,20 @@ def _in_graph_constraints_supported():
     return keras.backend.backend() in ("tensorflow", "torch")
 
 
+def _branches_may_assign():
+    """Whether a `cond` branch may assign variables.
+
+    Not under `jax.jit`, and not in a TensorFlow replica context, where an
+    assignment to a mirrored variable synchronizes replicas.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.distribute.has_strategy()
+    return backend == "torch"
+
+
 def _step_dtype():
     """int64 as in TFMOT; int32 under JAX unless 64-bit types are enabled."""
     if keras.backend.backend() == "jax":
@@ -367,8 +381,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 threshold.assign(ops.reshape(new_threshold, ()))
             return ops.convert_to_tensor(True)
 
-        if keras.backend.backend() == "jax":
-            # A jitted branch may not assign: select the values, assign after.
+        if not _branches_may_assign():
+            # Select the new values in the branch, assign after it.
             assign(ops.cond(should_prune, recompute, keep))
         else:
             # Assign inside the branch: steps without an update copy nothing.
