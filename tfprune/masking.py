@@ -87,17 +87,29 @@ def _low_histogram(bits, high, high_bin):
     return histogram(low, (1 << _LOW_BITS) + 1)[: 1 << _LOW_BITS]
 
 
-def _select_bin(counts, k):
-    """Index of the histogram bin holding the k-th largest element.
-
-    Returns `(bin, rank)`, where `rank` is the position (1-based) of the k-th
-    largest element among the elements of that bin.
-    """
+def _select_flat(counts, k):
     cumulative = ops.cumsum(counts)
     at_or_above = cumulative[-1] - cumulative + counts  # count of bins >= b
     index = ops.sum(ops.cast(ops.greater_equal(at_or_above, k), "int32")) - 1
     above = ops.take(at_or_above, index) - ops.take(counts, index)
     return index, k - above
+
+
+def _select_bin(counts, k, width=256):
+    """Index of the histogram bin holding the k-th largest element.
+
+    Returns `(bin, rank)`, where `rank` is the position (1-based) of the k-th
+    largest element among the elements of that bin. The bins are searched as
+    a `(n / width, width)` grid, row totals first, so no scan runs over all
+    `n` bins.
+    """
+    size = counts.shape[0]
+    if size <= width or size % width:
+        return _select_flat(counts, k)
+    grid = ops.reshape(counts, (size // width, width))
+    row, rank = _select_flat(ops.sum(grid, axis=1), k)
+    column, rank = _select_flat(ops.take(grid, row, axis=0), rank)
+    return row * width + column, rank
 
 
 # Below this many elements one sort is cheaper than two 2**16-bin histograms.
