@@ -23,15 +23,17 @@ Example:
 >>> import numpy as np
 >>> scores = np.abs(np.arange(-5, 5, dtype="float32"))
 >>> mask, threshold = Unstructured()(scores, 0.5)
->>> keras.ops.convert_to_numpy(mask).astype(int).tolist(), float(threshold)
+>>> ops.convert_to_numpy(mask).astype(int).tolist(), float(threshold)
 ([1, 1, 1, 0, 0, 0, 0, 0, 1, 1], 3.0)
 """
 
 import dataclasses
 
-import keras
 import numpy as np
 from keras import ops
+
+from tfprune import backend
+from tfprune.backend import histogram
 
 _HIGH_BITS = 16  # first radix pass: bits 30..15 of the pattern
 _LOW_BITS = 15  # second radix pass: bits 14..0
@@ -47,38 +49,10 @@ def keep_count(size, sparsity):
     return ops.cast(ops.maximum(kept, 1.0), "int32")
 
 
-def histogram(ids, length):
-    """Counts of each value of int32 `ids` in `[0, length)`; static length.
-
-    `keras.ops.bincount` is not traceable under `jax.jit` (its output length
-    depends on the values), so each backend's own bounded histogram is used.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        # The raw op takes a constant size, which XLA needs (tf.math.bincount
-        # computes its length at run time).
-        return tf.raw_ops.DenseBincount(
-            input=ids, size=length, weights=tf.zeros([0], tf.int32), binary_output=False
-        )
-    if backend == "jax":
-        import jax.numpy as jnp
-
-        return jnp.bincount(ids, length=length).astype("int32")
-    if backend == "torch":
-        import torch
-
-        return torch.bincount(ids, minlength=length).to(torch.int32)
-    return ops.cast(
-        ops.segment_sum(ops.ones_like(ids), ids, num_segments=length), "int32"
-    )
-
-
 def _low_histogram(bits, high, high_bin):
     """Histogram of the low bits of the elements whose high bits are `high_bin`."""
     low_mask = (1 << _LOW_BITS) - 1
-    if keras.backend.backend() == "torch":
+    if backend.dynamic_shapes_allowed():
         # Eager: gather the few elements of the bin instead of a full pass.
         in_bin = bits[high == high_bin]
         return histogram(ops.bitwise_and(in_bin, low_mask), 1 << _LOW_BITS)
@@ -171,7 +145,7 @@ class Block:
     Example:
     >>> w = np.array([[1, 1, 0, 0], [1, 1, 0, 9]], "float32")
     >>> mask, _ = Block((2, 2), "AVG")(w, 0.5)
-    >>> keras.ops.convert_to_numpy(mask).astype(int).tolist()
+    >>> ops.convert_to_numpy(mask).astype(int).tolist()
     [[0, 0, 1, 1], [0, 0, 1, 1]]
     """
 
@@ -222,7 +196,7 @@ class MByN:
     Example:
     >>> w = np.array([[4.0], [1.0], [3.0], [2.0]], "float32")  # Dense (in=4, out=1)
     >>> mask, _ = MByN(2, 4)(w, 0.0)
-    >>> keras.ops.convert_to_numpy(mask).astype(int).ravel().tolist()
+    >>> ops.convert_to_numpy(mask).astype(int).ravel().tolist()
     [1, 0, 1, 0]
     """
 

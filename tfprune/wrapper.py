@@ -32,8 +32,8 @@ import keras
 from keras import ops
 from keras.src.backend.common import stateless_scope as _stateless_scope
 
+from tfprune import backend, masking, scoring
 from tfprune import layers as layer_specs
-from tfprune import masking, scoring
 from tfprune import schedules as schedules_lib
 from tfprune.schedules import ConstantSparsity
 
@@ -62,37 +62,6 @@ class _MaskConstraint(keras.constraints.Constraint):
         if self.inner is not None:
             w = self.inner(w)
         return ops.multiply(w, ops.cast(self.mask, w.dtype))
-
-
-def _in_graph_constraints_supported():
-    # Under JAX `fit`, a constraint cannot read another variable (the mask is
-    # not part of the compiled optimizer state), so masks reach the stored
-    # weights at epoch ends, at the end of training and when saving instead.
-    return keras.backend.backend() in ("tensorflow", "torch")
-
-
-def _branches_may_assign():
-    """Whether a `cond` branch may assign variables.
-
-    Not under `jax.jit`, and not in a TensorFlow replica context, where an
-    assignment to a mirrored variable synchronizes replicas.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return not tf.distribute.has_strategy()
-    return backend == "torch"
-
-
-def _step_dtype():
-    """int64 as in TFMOT; int32 under JAX unless 64-bit types are enabled."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        if not jax.config.jax_enable_x64:
-            return "int32"
-    return "int64"
 
 
 def _build_takes_one_shape(layer):
@@ -262,7 +231,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             name="pruning_step",
             shape=(),
             initializer="zeros",
-            dtype=_step_dtype(),
+            dtype=backend.step_dtype(),
             trainable=False,
             autocast=False,
             aggregation="only_first_replica",
@@ -280,7 +249,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 )
             swaps.append(refs)
         self._untracked("_swaps", swaps)
-        if _in_graph_constraints_supported():
+        if backend.constraints_may_read_variables():
             for variable, mask, _ in self.pruning_vars:
                 if not isinstance(variable.constraint, _MaskConstraint):
                     variable.constraint = _MaskConstraint(mask, variable.constraint)
@@ -381,7 +350,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 threshold.assign(ops.reshape(new_threshold, ()))
             return ops.convert_to_tensor(True)
 
-        if not _branches_may_assign():
+        if not backend.branches_may_assign():
             # Select the new values in the branch, assign after it.
             assign(ops.cond(should_prune, recompute, keep))
         else:
