@@ -1,10 +1,11 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, to_numpy
+from conftest import BACKEND, only_backends, to_numpy
 
 import tfprune
 from tfprune import schedules
+from tfprune.masking import keep_count
 
 
 def values(schedule, steps):
@@ -92,11 +93,25 @@ def test_step_types(step):
         (lambda: tfprune.ExponentialDecay(0.9, rate=1.0, begin_step=0), "rate=1.0"),
         (lambda: tfprune.ExponentialDecay(0.9, rate=0.0, begin_step=0), "rate=0.0"),
         (lambda: tfprune.AGP(0.9, 0, 50, frequency=100), "frequency=100"),
+        (
+            lambda: tfprune.PolynomialDecay(0, 0.8, 0, 100, frequency=1000),
+            "frequency=1000, begin_step=0, end_step=100",
+        ),
+        (lambda: tfprune.ConstantSparsity(0.5, 10, 15, frequency=6), "frequency=6"),
+        (lambda: tfprune.ExponentialDecay(0.9, 0.1, 0, 99, frequency=100), "frequency=100"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_argument(make, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         make()
+
+
+def test_frequency_up_to_the_window_and_one_off_windows_are_legal():
+    two_events = tfprune.PolynomialDecay(0.0, 0.8, 0, 100, frequency=100)
+    prune, sparsity = values(two_events, [0, 50, 100])
+    assert prune == [True, False, True] and sparsity[2] == np.float32(0.8)
+    one_off = tfprune.ConstantSparsity(0.5, begin_step=10, end_step=10, frequency=100)
+    assert values(one_off, [0, 10, 11, 110])[0] == [False, True, False, False]
 
 
 def test_bad_types_raise_type_error():
@@ -171,25 +186,110 @@ def test_get_rejects_non_schedules():
         schedules.get(0.5)
 
 
-@pytest.mark.parametrize(
-    "schedule",
-    [
-        tfprune.ConstantSparsity(0.7, 3, end_step=40, frequency=4),
-        tfprune.PolynomialDecay(0.1, 0.83, 5, 47, power=3, frequency=3),
-        tfprune.PolynomialDecay(0.0, 0.9, 0, 30, power=1.5, frequency=1),
-        tfprune.ExponentialDecay(0.9, rate=0.3, begin_step=2, frequency=5),
-        tfprune.AGP(0.95, 4, 44, frequency=7),
-    ],
-    ids=lambda s: type(s).__name__,
-)
-def test_integer_steps_are_answered_on_the_host_with_the_same_numbers(schedule):
-    for step in range(0, 60):
-        host_prune, host_sparsity = schedule(step)
-        assert isinstance(host_prune, (np.ndarray, np.generic)), step
-        assert np.asarray(host_sparsity).dtype == np.float32
-        tensor_prune, tensor_sparsity = schedule(keras.ops.convert_to_tensor(step, "int32"))
-        assert bool(host_prune) == bool(to_numpy(tensor_prune)), step
-        # same float32 arithmetic; pow may differ by an ulp between libraries
-        np.testing.assert_allclose(
-            np.float32(host_sparsity), to_numpy(tensor_sparsity), rtol=2e-7, atol=0
+# Every kind of schedule, integer and non-integer powers, steps up to 59 and a few
+# far ones (near the int32 limit too).
+CASES = [
+    tfprune.ConstantSparsity(0.7, 3, end_step=40, frequency=4),
+    tfprune.PolynomialDecay(0.1, 0.83, 5, 47, power=3, frequency=3),
+    tfprune.PolynomialDecay(0.0, 0.9, 0, 30, power=1.5, frequency=1),
+    tfprune.PolynomialDecay(0.0, 0.8, 0, 50, power=1, frequency=1),
+    tfprune.PolynomialDecay(0.2, 0.95, 7, 57, power=2, frequency=2),
+    tfprune.PolynomialDecay(0.6, 0.1, 0, 45, power=5, frequency=1),
+    tfprune.PolynomialDecay(0.05, 0.9, 3, 1003, power=2.7, frequency=10),
+    tfprune.PolynomialDecay(0.0, 0.75, 0, 59, power=0.5, frequency=1),
+    tfprune.ExponentialDecay(0.9, rate=0.3, begin_step=2, frequency=5),
+    tfprune.ExponentialDecay(0.95, rate=0.05, begin_step=0, frequency=1, initial_sparsity=0.1),
+    tfprune.ExponentialDecay(0.99, rate=0.01, begin_step=5, end_step=50, frequency=3),
+    tfprune.AGP(0.95, 4, 44, frequency=7),
+    tfprune.AGP(0.8, 0, 59, frequency=1, initial_sparsity=0.05),
+]
+STEPS = list(range(60)) + [997, 10_003, 10**6, 2**31 - 1]
+SIZES = np.concatenate([np.arange(1, 5001), [784 * 300, 4096 * 4096, 2**24 + 1]])
+# `pow` is not correctly rounded: libraries differ by a few ulps of the power
+# (<= 1), so by a few eps in `final + c * power` (|c| < 1). Absolute, not
+# relative: near `begin` the sum cancels to a small number.
+POW_ATOL = 4 * np.finfo(np.float32).eps
+
+
+def promises_bits(schedule, step):
+    """Where schedules.py computes without `pow`, so every path gives the same bits."""
+    if isinstance(schedule, tfprune.PolynomialDecay):
+        return float(schedule.power).is_integer()
+    if isinstance(schedule, tfprune.ExponentialDecay):  # at pruning events
+        return step <= schedule.begin_step or (step - schedule.begin_step) % schedule.frequency == 0
+    return True
+
+
+def assert_same_values(schedule, step, host, tensor):
+    host_prune, host_sparsity = host
+    tensor_prune, tensor_sparsity = (to_numpy(x) for x in tensor)
+    assert bool(host_prune) == bool(tensor_prune), step
+    assert np.asarray(host_sparsity).dtype == tensor_sparsity.dtype == np.float32
+    if promises_bits(schedule, step):
+        assert np.float32(host_sparsity) == np.float32(tensor_sparsity), step
+    else:
+        np.testing.assert_allclose(host_sparsity, tensor_sparsity, rtol=0, atol=POW_ATOL)
+
+
+def int32(step):
+    return keras.ops.convert_to_tensor(step, "int32")
+
+
+@pytest.mark.parametrize("schedule", CASES, ids=repr)
+def test_host_and_tensor_paths_give_the_same_bits(schedule):
+    for step in STEPS:
+        host = schedule(step)
+        assert isinstance(host[0], (np.ndarray, np.generic)), step
+        assert_same_values(schedule, step, host, schedule(int32(step)))
+
+
+def compiled_paths(fn):
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.function(fn), tf.function(fn, jit_compile=True)]
+    if BACKEND == "jax":
+        import jax
+
+        return [jax.jit(fn)]
+    return []  # PyTorch runs the tensor path eagerly (test above)
+
+
+@only_backends("tensorflow", "jax", reason="graph and XLA compilation")
+@pytest.mark.parametrize("schedule", CASES, ids=repr)
+def test_compiled_tensor_path_gives_the_host_bits(schedule):
+    # XLA fuses a multiply and an add into one FMA and turns a division by a
+    # constant into a multiplication; the schedules leave it nothing to rewrite.
+    for fn in compiled_paths(lambda t: schedule(t)):
+        for step in STEPS:
+            assert_same_values(schedule, step, schedule(step), fn(int32(step)))
+
+
+@pytest.mark.parametrize("schedule", CASES, ids=repr)
+def test_kept_count_is_the_same_on_both_paths(schedule):
+    for step in STEPS:
+        if not promises_bits(schedule, step):
+            continue
+        host = keep_count(SIZES, schedule(step)[1])
+        tensor = keep_count(SIZES, schedule(int32(step))[1])
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(host), keras.ops.convert_to_numpy(tensor)
         )
+
+
+@pytest.mark.parametrize("rate, initial", [(0.3, 0.0), (0.05, 0.1), (0.01, 0.0), (0.001, 0.2)])
+def test_exponential_decay_at_events_is_the_capped_geometric_decay(rate, initial):
+    s = tfprune.ExponentialDecay(0.9, rate=rate, begin_step=3, frequency=7, initial_sparsity=initial)
+    base = float(np.float32(1 - rate))
+    u = np.finfo(np.float32).eps / 2
+    for j in range(201):
+        got = float(to_numpy(s(int32(3 + 7 * j))[1]))
+        want = min(float(np.float32(0.9)), 1 - float(np.float32(1 - initial)) * base**j)
+        # each square base ** 2 ** i and each multiply by one rounds once
+        assert abs(got - want) <= (2 * bin(j).count("1") + 2) * u, j
+        assert got <= np.float32(0.9)
+    for step in (0, 3):
+        assert s(step)[1] == np.float32(1) - np.float32(1 - initial)
+    for step in (10**6, 2**31 - 1):  # far past the cap: the power underflows to 0
+        assert s(step)[1] == np.float32(0.9)
+        assert to_numpy(s(int32(step))[1]) == np.float32(0.9)

@@ -168,7 +168,7 @@ def test_predict_evaluate_and_validation_do_not_advance_the_step():
     model = compile_model(tfprune.prune_low_magnitude(mlp(), **EVERY_STEP))
     model.predict(x, verbose=0)
     model.evaluate(x, y, verbose=0)
-    assert all(step_of(w) == 0 for w in wrappers(model))
+    assert all(step_of(w) == -1 for w in wrappers(model))
     fit(model, x, y, epochs=2, validation_data=(x, y))
     assert all(step_of(w) == 8 for w in wrappers(model))
     model.evaluate(x, y, verbose=0)

@@ -1,8 +1,8 @@
 """`prune_low_magnitude`, `strip_pruning` and `prune_scope`.
 
-Models are rebuilt with `keras.models.clone_model`: every layer is copied
-(config and weights), so the model passed in is never modified, and a failed
-call leaves it as it was.
+Models are copied (`tfprune.cloning`): every layer is copied (config and
+weights), so the model passed in is never modified, and a failed call leaves
+it as it was.
 
 Example:
 >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -15,65 +15,12 @@ Example:
 
 import keras
 
+from tfprune import cloning, masking
 from tfprune import layers as layer_specs
-from tfprune import masking
 from tfprune import schedules as schedules_lib
+from tfprune.policy import PruningPolicy
 from tfprune.schedules import ConstantSparsity
 from tfprune.wrapper import PruneLowMagnitude
-
-
-def _is_graph_model(model):
-    return isinstance(model, keras.Sequential) or isinstance(
-        model, keras.src.models.functional.Functional
-    )
-
-
-def _copy_layer(layer):
-    """A new layer with the same config (weights are copied after building)."""
-    config = keras.saving.serialize_keras_object(layer)
-    return keras.saving.deserialize_keras_object(config)
-
-
-def _copy_weights(pairs):
-    for source, target in pairs:
-        if source.built and target.built:
-            target.set_weights(source.get_weights())
-
-
-def _clone(model, clone_layer):
-    """Clones a Sequential/Functional model through `clone_layer(layer)`.
-
-    `clone_layer` returns `(new_layer, weight_source, weight_target)` and the
-    weights are copied once the clone is built.
-    """
-    pairs = []
-
-    def clone_function(layer):
-        new_layer, source, target = clone_layer(layer)
-        if source is not None:
-            pairs.append((source, target))
-        return new_layer
-
-    # Sequential models list their layers; only Functional ones replay calls.
-    call_function = None if isinstance(model, keras.Sequential) else _call_layer
-    clone = keras.models.clone_model(
-        model, clone_function=clone_function, call_function=call_function, recursive=True
-    )
-    _copy_weights(pairs)
-    return clone
-
-
-def _call_layer(layer, *args, **kwargs):
-    """Calls a cloned layer with the recorded arguments its `call` accepts.
-
-    A wrapper's call takes `mask`; the layer it wrapped may not (Dense).
-    """
-    accepted = getattr(layer, "call_signature_parameters", None)
-    if accepted is not None and "kwargs" not in accepted:
-        for name in ("mask", "training"):
-            if name in kwargs and name not in accepted and kwargs[name] is None:
-                kwargs.pop(name)
-    return layer(*args, **kwargs)
 
 
 def prune_low_magnitude(
@@ -124,11 +71,17 @@ def prune_low_magnitude(
         "sparsity_m_by_n": sparsity_m_by_n,
     }
     masking.granularity_from_args(block_size, block_pooling_type, sparsity_m_by_n)
+    if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
+        raise TypeError(
+            "Argument `pruning_policy` must be a `tfprune.PruningPolicy` instance "
+            f"or None. Received: pruning_policy={pruning_policy!r} of type "
+            f"{type(pruning_policy).__name__}"
+        )
 
     def should_wrap(layer):
-        if isinstance(layer, PruneLowMagnitude) or isinstance(layer, keras.Model):
+        if isinstance(layer, PruneLowMagnitude) or cloning.is_graph_model(layer):
             return False
-        if not layer_specs.has_prunable_weights(layer):
+        if not layer.trainable or not layer_specs.has_prunable_weights(layer):
             return False
         return pruning_policy is None or pruning_policy.allow_pruning(layer)
 
@@ -139,14 +92,14 @@ def prune_low_magnitude(
                     "Argument `to_prune` must hold only Keras layers. "
                     f"Received an element {layer!r}"
                 )
-            layer_specs.describe(layer)  # all-or-nothing: validate first
+        layer_specs.check_interpretable(to_prune)  # all-or-nothing: validate first
         return [
             PruneLowMagnitude(layer, **params) if should_wrap(layer) else layer
             for layer in to_prune
         ]
 
     if isinstance(to_prune, keras.Model):
-        if not _is_graph_model(to_prune):
+        if not cloning.is_graph_model(to_prune):
             raise ValueError(
                 f"Model '{to_prune.name}' is a subclassed model, which cannot be "
                 "cloned. Wrap its layers in its `__init__` instead, e.g. "
@@ -154,24 +107,15 @@ def prune_low_magnitude(
             )
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
-        wrapped = {
-            id(inner)
-            for w in to_prune._flatten_layers(include_self=False, recursive=True)
-            if isinstance(w, PruneLowMagnitude)
-            for inner in w.layer._flatten_layers()
-        }
-        for layer in to_prune._flatten_layers(include_self=False, recursive=True):
-            if isinstance(layer, (keras.Model, PruneLowMagnitude)) or id(layer) in wrapped:
-                continue
-            layer_specs.describe(layer)  # all-or-nothing: validate first
+        layer_specs.check_interpretable(_unwrapped_layers(to_prune))
 
-        def clone_layer(layer):
-            copy = _copy_layer(layer)
+        def replace(layer):
+            copy = cloning.copy_layer(layer)
             if should_wrap(layer):
                 return PruneLowMagnitude(copy, **params), layer, copy
             return copy, layer, copy
 
-        return _clone(to_prune, clone_layer)
+        return cloning.copy_model(to_prune, replace)
 
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
@@ -183,10 +127,21 @@ def prune_low_magnitude(
     )
 
 
+def _unwrapped_layers(model):
+    """The layers of a graph model's graphs that are not pruning wrappers."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if cloning.is_graph_model(layer):
+            found += _unwrapped_layers(layer)
+        elif not isinstance(layer, PruneLowMagnitude):
+            found.append(layer)
+    return found
+
+
 def _stripped_copy(wrapper):
     if wrapper.built:
         wrapper.apply_mask()
-    copy = _copy_layer(wrapper.layer)
+    copy = cloning.copy_layer(wrapper.layer)
     return copy, wrapper.layer, copy
 
 
@@ -195,35 +150,32 @@ def strip_pruning(model):
 
     Returns a model of the original layer types whose weights are the masked
     weights, so its predictions equal the pruned model's. Sequential and
-    Functional models are cloned (the pruned model can keep training);
-    subclassed models are stripped in place and returned. A single wrapper
-    returns a copy of its layer.
+    Functional models are copied, uncompiled and without optimizer state (the
+    pruned model can keep training); subclassed models are stripped in place
+    and returned. A single wrapper returns a copy of its layer.
 
     Args:
         model: a `keras.Model` (or a `PruneLowMagnitude` layer).
     """
     if isinstance(model, PruneLowMagnitude):
         copy, source, target = _stripped_copy(model)
-        _copy_weights([(source, target)] if source.built else [])
-        if source.built and not target.built:
-            target.build_from_config(source.get_build_config())
-            _copy_weights([(source, target)])
+        cloning.copy_weights(source, target)
         return copy
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Argument `model` must be a `keras.Model` instance. "
             f"Received: model={model!r} of type {type(model).__name__}"
         )
-    if not _is_graph_model(model):
+    if not cloning.is_graph_model(model):
         return _strip_in_place(model)
 
-    def clone_layer(layer):
+    def replace(layer):
         if isinstance(layer, PruneLowMagnitude):
             return _stripped_copy(layer)
-        copy = _copy_layer(layer)
+        copy = cloning.copy_layer(layer)
         return copy, layer, copy
 
-    return _clone(model, clone_layer)
+    return cloning.copy_model(model, replace)
 
 
 def _strip_in_place(model):

@@ -12,6 +12,15 @@ import numpy as np
 from tfprune.wrapper import collect_prunable_layers
 
 
+def _check_model(callback, method):
+    if getattr(callback, "_model", None) is None:
+        raise ValueError(
+            f"`{type(callback).__name__}.{method}()` was called before "
+            "`set_model(model)`. `model.fit` calls it; in a custom training loop "
+            f"call `callback.set_model(model)` before `{method}()`."
+        )
+
+
 class UpdatePruningStep(keras.callbacks.Callback):
     """Enables pruning during training and keeps stored weights sparse.
 
@@ -48,7 +57,12 @@ class UpdatePruningStep(keras.callbacks.Callback):
             layer._fit_training = value
 
     def on_train_begin(self, logs=None):
+        _check_model(self, "on_train_begin")
         self.prunable_layers = collect_prunable_layers(self.model)
+        for layer in self.prunable_layers:
+            # A new wrapper's step is -1 (as in TFMOT): training starts at 0.
+            if layer._state_built and int(keras.ops.convert_to_numpy(layer.pruning_step)) < 0:
+                layer.pruning_step.assign(0)
         newly_attached = any(
             not layer._step_callback_attached for layer in self.prunable_layers
         )
@@ -79,6 +93,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch=None, logs=None, batch=None):
         # `batch` is accepted for TFMOT's custom-loop idiom on_epoch_end(batch=-1).
+        _check_model(self, "on_epoch_end")
         for layer in self.prunable_layers:
             layer.apply_mask()
 
@@ -101,6 +116,23 @@ def _pruning_logs(model):
     return logs
 
 
+def _check_summary_writer():
+    """Raises `ImportError` now if summaries could not be written later."""
+    missing = []
+    for module in ("tensorflow", "tensorboard"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(
+            "`PruningSummaries` writes TensorBoard event files, which needs "
+            f"{' and '.join(missing)} (on every Keras backend); "
+            f"{' and '.join(missing)} could not be imported. Install them with "
+            "`pip install \"tfprune[tensorflow]\"` (or `pip install tensorflow tensorboard`)."
+        )
+
+
 class PruningSummaries(keras.callbacks.TensorBoard):
     """TensorBoard scalars of each mask's sparsity and threshold.
 
@@ -121,6 +153,7 @@ class PruningSummaries(keras.callbacks.TensorBoard):
                 "Argument `log_dir` must be a non-empty string. "
                 f"Received: log_dir={log_dir!r}"
             )
+        _check_summary_writer()
         super().__init__(log_dir=os.fspath(log_dir), update_freq=update_freq, **kwargs)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -12,6 +12,28 @@ import abc
 
 import keras
 from keras import layers as L
+from keras.src.ops import numpy as knp
+
+# Nodes that XNNPACK runs inside the sparse subgraph whatever their
+# configuration. Besides layers, Keras 3 records `x + y`, `x - y`, `x * y`
+# and `keras.ops.add/subtract/multiply/copy` as op nodes (`knp.Add`, ...):
+# TFMOT's accepted TF ops `AddV2`, `Sub`, `Mul` and `Identity`
+# (`keras.ops.copy` is `tf.identity` on TensorFlow).
+_ALWAYS_SUPPORTED = (
+    L.Add,
+    L.Subtract,
+    L.Multiply,
+    L.Identity,
+    L.ZeroPadding2D,
+    L.ReLU,
+    L.LeakyReLU,
+    L.ELU,
+    L.Dropout,
+    knp.Add,
+    knp.Subtract,
+    knp.Multiply,
+    knp.Copy,
+)
 
 
 class PruningPolicy(abc.ABC):
@@ -68,7 +90,22 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
     3 input channels after `ZeroPadding2D(1)` and ends at
     `GlobalAveragePooling2D(keepdims=True)`. `ensure_model_supports_pruning`
     checks that every input branch reaches such a start, every output branch
-    such an end, and that every layer between them is supported by XNNPACK.
+    such an end, and that every node between them is supported by XNNPACK:
+    layers, and the Keras 3 op nodes of `x + y`, `x - y`, `x * y`,
+    `keras.ops.add`, `keras.ops.subtract`, `keras.ops.multiply` and
+    `keras.ops.copy` (an operand may be a constant).
+
+    Example:
+    >>> inputs = keras.Input((32, 32, 3))
+    >>> x = keras.layers.ZeroPadding2D(1)(inputs)
+    >>> x = keras.layers.Conv2D(8, 3, strides=2)(x)
+    >>> x = x + keras.layers.Conv2D(8, 1)(x)  # an `Add` op node
+    >>> x = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    >>> model = keras.Model(inputs, x)
+    >>> policy = PruneForLatencyOnXNNPack()
+    >>> policy.ensure_model_supports_pruning(model)
+    >>> [layer.kernel_size for layer in model.layers if policy.allow_pruning(layer)]
+    [(1, 1)]
     """
 
     def allow_pruning(self, layer):
@@ -112,10 +149,7 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
 
     def _supported(self, layer):
         layer = _unwrap(layer)
-        if isinstance(
-            layer,
-            (L.Add, L.Multiply, L.ZeroPadding2D, L.ReLU, L.LeakyReLU, L.ELU, L.Dropout),
-        ):
+        if isinstance(layer, _ALWAYS_SUPPORTED):
             return True
         if isinstance(layer, L.DepthwiseConv2D):
             return self._depthwise_supported(layer)
@@ -193,9 +227,10 @@ class PruneForLatencyOnXNNPack(PruningPolicy):
 
         def visit(layer):
             if layer not in ends and not self._supported(layer):
+                kind = "Layer" if isinstance(layer, L.Layer) else "Operation"
                 raise ValueError(
-                    f"Layer {type(_unwrap(layer)).__name__} ('{layer.name}') is not "
-                    f"supported by the {type(self).__name__} pruning policy."
+                    f"{kind} {type(_unwrap(layer)).__name__} ('{layer.name}') is "
+                    f"not supported by the {type(self).__name__} pruning policy."
                 )
             return layer in ends
 

@@ -4,8 +4,21 @@ A schedule maps a step to `(should_prune, sparsity)`. The math is written once
 against the `keras.ops` API and runs on whatever the step is: a backend tensor
 (traced by `tf.function`, XLA, `jax.jit` or run eagerly by PyTorch) gives
 backend tensors; a Python or NumPy integer gives NumPy values computed on the
-host with the same float32 arithmetic (no device op, no host round trip).
-Piecewise math uses `clip`/`where`, never a Python branch on a tensor.
+host (no device op, no host round trip). Piecewise math uses `clip`/`where`,
+never a Python branch on a tensor.
+
+Determinism: the built-in schedules compute their values with correctly
+rounded float32 operations only (`+ - *`, comparisons, `floor_divide`, `min`,
+`max`, `where`) in a fixed order, so the host and the tensor path give the same
+bits on every backend and CPU, also under XLA and `jax.jit`. Powers are
+square-and-multiply; `pow` is used only for a non-integer `power` of
+`PolynomialDecay` and between pruning events of `ExponentialDecay` (values then
+agree to a few ulps). Two rewrites that XLA would make are written out so that
+it has nothing to rewrite: a division by a constant is a multiplication by its
+float32 reciprocal (`_fraction`), and a scaled power is clipped before and
+after its multiplication (`_times_unit`) so that neither grappler (which
+reassociates constants) nor XLA (which fuses a multiply and an add into one
+FMA) changes its rounding.
 
 Subclass `PruningSchedule` and implement `__call__(step)` to write your own;
 the protected helpers `_should_prune_in_step`, `_validate_step` and
@@ -74,6 +87,54 @@ def _ops(step):
     return _HOST_OPS if _is_host_step(step) else ops
 
 
+def _fraction(xp, count, total):
+    """`count / total` in float32, for an integer tensor `0 <= count <= total`.
+
+    A multiplication by the float32 reciprocal of the static int `total`, rounded
+    up so that `total * reciprocal >= 1`: then `min(count * reciprocal, 1)` is
+    exactly 0 and 1 at the ends and within 2 ulps of the quotient between them.
+    (XLA rewrites `x / constant` into `x * (1 / constant)`, so a division would
+    not give the host's bits under `jit`.)
+    """
+    reciprocal = np.float32(1 / total)
+    while np.float32(total) * reciprocal < 1:
+        reciprocal = np.nextafter(reciprocal, np.float32(2))
+    return xp.minimum(xp.multiply(xp.cast(count, "float32"), reciprocal), np.float32(1))
+
+
+def _times_unit(xp, c, y):
+    """`c * y` for a static float `c` and `0 <= y <= 1`.
+
+    `y` is clipped to `[0, 1]` and the product to `[min(c, 0), max(c, 0)]`.
+    Neither clip changes a value; they keep graph rewriters from changing the
+    rounding: TensorFlow's grappler would move `c` into a product
+    (`c * (a * b)` -> `a * (c * b)`), and XLA would fuse the product with the
+    addition after it into one multiply-add, which rounds once instead of twice
+    (and so differs between CPUs with and without FMA).
+    """
+    c = np.float32(c)
+    product = xp.multiply(c, xp.clip(y, np.float32(0), np.float32(1)))
+    return xp.clip(product, min(c, np.float32(0)), max(c, np.float32(0)))
+
+
+def _static_power(xp, x, power):
+    """`x ** power` for a static Python number `power > 0`.
+
+    `x ** floor(power)` by square-and-multiply over the bits of the integer, a
+    fixed sequence of float32 multiplies; times `pow(x, frac(power))` only when
+    `power` is not an integer.
+    """
+    whole = int(power)
+    result = None if power == whole else xp.power(x, np.float32(power - whole))
+    while whole:
+        if whole & 1:
+            result = x if result is None else xp.multiply(result, x)
+        whole >>= 1
+        if whole:
+            x = xp.multiply(x, x)
+    return result
+
+
 def _to_step(step):
     """Checks the step: a Python int or NumPy integer (kept on the host) or a tensor."""
     if isinstance(step, (bool, float, np.bool_, np.floating)):
@@ -131,7 +192,17 @@ class PruningSchedule:
 
     @staticmethod
     def _validate_step(begin_step, end_step, frequency, allow_negative_1):
-        """Checks step arguments; `allow_negative_1` permits `end_step=-1`."""
+        """Checks step arguments; `allow_negative_1` permits `end_step=-1`.
+
+        A schedule with an end must prune more than once within its window:
+        when `end_step > begin_step`, `frequency` must be at most
+        `end_step - begin_step`, else the only pruning step is `begin_step` and
+        the end is never reached (`PolynomialDecay(0, 0.8, 0, 100,
+        frequency=1000)` prunes at step 0 only, before the first training
+        step). `end_step == begin_step` is a one-off prune at `begin_step` and is
+        legal with any `frequency` (as in TFMOT); with `end_step=-1` there is no
+        window to check.
+        """
         begin_step = _check_int("begin_step", begin_step)
         end_step = _check_int("end_step", end_step)
         frequency = _check_int("frequency", frequency)
@@ -158,6 +229,13 @@ class PruningSchedule:
         if frequency <= 0:
             raise ValueError(
                 f"Argument `frequency` must be > 0. Received: frequency={frequency}"
+            )
+        if end_step > begin_step and frequency > end_step - begin_step:
+            raise ValueError(
+                "Argument `frequency` must be <= end_step - begin_step "
+                f"({end_step - begin_step}) so that the schedule prunes more than "
+                f"once (use end_step=begin_step for a one-off prune). Received: "
+                f"frequency={frequency}, begin_step={begin_step}, end_step={end_step}"
             )
 
     @staticmethod
@@ -240,8 +318,10 @@ class ConstantSparsity(_RangeSchedule):
     Args:
         target_sparsity: fraction of weights to prune, in [0, 1).
         begin_step: first step at which to prune.
-        end_step: last step at which to prune; -1 to prune forever.
-        frequency: prune every `frequency` steps.
+        end_step: last step at which to prune; -1 to prune forever;
+            `begin_step` for a one-off prune at `begin_step`.
+        frequency: prune every `frequency` steps; at most `end - begin` when
+            `end_step > begin_step`.
     """
 
     _ARGS = ("target_sparsity", "begin_step", "end_step", "frequency")
@@ -269,12 +349,21 @@ class PolynomialDecay(_RangeSchedule):
     Masks are recomputed at `begin + j * frequency` up to `end`. If
     `end - begin` is not a multiple of `frequency`, the last mask update
     happens before `end`, so `final_sparsity` is never applied (use `AGP`).
-    Values equal TFMOT's (same float32 arithmetic).
+
+    Values are computed with correctly rounded float32 operations only:
+    `1 - p` as `(end - step)` times the reciprocal of `end - begin`, and an
+    integer `power` (the default 3, or 1, 2, ...) by square-and-multiply. They
+    are identical on the host and the tensor path, on every backend and CPU, and
+    within 1e-6 of TFMOT's. A non-integer `power` multiplies in
+    `pow(1 - p, frac(power))`, whose last bits may differ by a few ulps
+    between libraries (NumPy, Eigen, XLA, PyTorch).
 
     Example:
     >>> s = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100, frequency=10)
     >>> [round(float(s(t)[1]), 4) for t in (0, 50, 100, 200)]
     [0.0, 0.7, 0.8, 0.8]
+    >>> float(s(0)[1]), float(s(100)[1])  # exact at both ends
+    (0.0, 0.800000011920929)
 
     Args:
         initial_sparsity: sparsity at `begin_step`, in [0, 1).
@@ -283,7 +372,7 @@ class PolynomialDecay(_RangeSchedule):
         end_step: step at which `final_sparsity` is reached; must be
             > `begin_step` (TFMOT divides by zero when they are equal).
         power: exponent of the polynomial (3 is the cubic of Zhu & Gupta).
-        frequency: prune every `frequency` steps.
+        frequency: prune every `frequency` steps; at most `end - begin`.
     """
 
     _ARGS = (
@@ -320,15 +409,12 @@ class PolynomialDecay(_RangeSchedule):
 
     def _sparsity(self, step):
         xp = _ops(step)
-        span = np.float32(self.end_step - self.begin_step)
-        p = xp.divide(xp.cast(step - self.begin_step, "float32"), span)
-        p = xp.minimum(1.0, xp.maximum(0.0, p))
+        span = self.end_step - self.begin_step
+        one_minus_p = _fraction(xp, xp.clip(self.end_step - step, 0, span), span)
+        decay = _static_power(xp, one_minus_p, self.power)
         return xp.add(
-            xp.multiply(
-                np.float32(self.initial_sparsity - self.final_sparsity),
-                xp.power(1.0 - p, np.float32(self.power)),
-            ),
             np.float32(self.final_sparsity),
+            _times_unit(xp, self.initial_sparsity - self.final_sparsity, decay),
         )
 
 
@@ -341,12 +427,24 @@ class ExponentialDecay(_RangeSchedule):
 
         sparsity = min(final, 1 - (1 - initial) * (1 - rate) ** ((step - begin) / frequency))
 
-    for `step >= begin` (`initial_sparsity` before).
+    for `step >= begin` (`initial_sparsity` before). With
+    `q, r = divmod(step - begin, frequency)`, the power is
+    `(1 - rate) ** q * (1 - rate) ** (r / frequency)`: the first factor by
+    square-and-multiply over the bits of `q` (the squares `(1 - rate) ** 2 ** i`
+    are computed on the host in float64 and rounded to float32 once, so the
+    error is a few ulps for any `q`), the second with `pow`, and only
+    between pruning events (`r != 0`; it is exactly 1 at them). So at every
+    pruning event the value is computed with correctly rounded float32
+    operations only and is identical on the host and the tensor path, on every
+    backend and CPU; between events (values seen only in logs) it may differ
+    by a few ulps.
 
     Example:
     >>> s = ExponentialDecay(0.9, rate=0.5, begin_step=0, frequency=10)
     >>> [round(float(s(t)[1]), 4) for t in (0, 10, 20, 100)]
     [0.0, 0.5, 0.75, 0.9]
+    >>> float(s(30)[1])  # 1 - 0.5 ** 3, exact
+    0.875
 
     Args:
         final_sparsity: the cap, in [0, 1).
@@ -354,7 +452,8 @@ class ExponentialDecay(_RangeSchedule):
             in (0, 1).
         begin_step: first pruning step.
         end_step: last pruning step, or -1 to prune forever.
-        frequency: prune every `frequency` steps.
+        frequency: prune every `frequency` steps; at most `end - begin` when
+            `end_step > begin_step`.
         initial_sparsity: sparsity at `begin_step`, in [0, 1).
     """
 
@@ -386,12 +485,28 @@ class ExponentialDecay(_RangeSchedule):
 
     def _sparsity(self, step):
         xp = _ops(step)
-        elapsed = xp.maximum(xp.cast(step - self.begin_step, "float32"), 0.0)
-        density = xp.multiply(
-            np.float32(1.0 - self.initial_sparsity),
-            xp.power(np.float32(1.0 - self.rate), elapsed / np.float32(self.frequency)),
+        elapsed = xp.maximum(step - self.begin_step, 0)
+        events = xp.floor_divide(elapsed, self.frequency)
+        rest = xp.mod(elapsed, self.frequency)
+        base = np.float32(1.0 - self.rate)
+        # base ** (rest / frequency): pow between events only, exactly 1 at events
+        power = xp.where(
+            xp.equal(rest, 0),
+            np.float32(1),
+            xp.power(base, _fraction(xp, rest, self.frequency)),
         )
-        return xp.minimum(np.float32(self.final_sparsity), 1.0 - density)
+        # times base ** events: square-and-multiply over the bits of `events`,
+        # with the squares base ** 2 ** i in float64 on the host, rounded once
+        square = float(base)
+        while 0 < np.float32(square) < 1:
+            odd = xp.equal(xp.mod(events, 2), 1)
+            power = xp.where(odd, xp.multiply(power, np.float32(square)), power)
+            events = xp.floor_divide(events, 2)
+            square *= square
+        if np.float32(square) == 0:  # the squares of the bits left are 0 in float32
+            power = xp.where(xp.greater(events, 0), np.float32(0), power)
+        density = _times_unit(xp, 1.0 - self.initial_sparsity, power)
+        return xp.minimum(np.float32(self.final_sparsity), np.float32(1) - density)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -407,7 +522,10 @@ class AGP(_RangeSchedule):
 
     Masks are recomputed at `begin + j * frequency`, `j = 0..n`, so the final
     sparsity is reached at a pruning event even when `end - begin` is not a
-    multiple of `frequency`.
+    multiple of `frequency`. Values are computed with correctly rounded float32
+    operations only (`1 - k / n` as `n - k` times the reciprocal of `n`, the
+    cube as two multiplies), so they are identical on the host and the tensor
+    path, on every backend and CPU.
 
     Example:
     >>> s = AGP(final_sparsity=0.9, begin_step=0, end_step=1000, frequency=100)
@@ -458,12 +576,11 @@ class AGP(_RangeSchedule):
         xp = _ops(step)
         n = self.num_events
         k = xp.clip(xp.floor_divide(step - self.begin_step, self.frequency), 0, n)
-        remaining = 1.0 - xp.cast(k, "float32") / np.float32(n)
+        remaining = _fraction(xp, n - k, n)
         return xp.add(
             np.float32(self.final_sparsity),
-            xp.multiply(
-                np.float32(self.initial_sparsity - self.final_sparsity),
-                remaining * remaining * remaining,
+            _times_unit(
+                xp, self.initial_sparsity - self.final_sparsity, _static_power(xp, remaining, 3)
             ),
         )
 

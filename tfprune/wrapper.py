@@ -64,16 +64,6 @@ class _MaskConstraint(keras.constraints.Constraint):
         return backend.masked(w, self.mask)
 
 
-def _build_takes_one_shape(layer):
-    required = [
-        p
-        for p in inspect.signature(layer.build).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.default is p.empty
-    ]
-    return len(required) <= 1
-
-
 def _attribute_refs(layer, variable):
     """Every `(owner, attribute)` of the layer tree that holds `variable`."""
     refs = []
@@ -130,10 +120,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.sparsity_m_by_n = (
             tuple(int(v) for v in sparsity_m_by_n) if sparsity_m_by_n else None
         )
-        layer_specs.describe(layer)  # raises for unsupported layers
+        layer_specs.check_interpretable([layer])  # built layers: before anything
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
+        self._adopt_call_signature(layer)
         if getattr(layer, "_input_shape_arg", None) is not None:
             self._input_shape_arg = layer._input_shape_arg
         self.supports_masking = layer.supports_masking
@@ -153,11 +144,38 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._host_step = None
 
     # ------------------------------------------------------------------ build
+    def _adopt_call_signature(self, layer):
+        """Takes the wrapped layer's call signature (plus `training`).
+
+        Keras binds call arguments to this signature, so a wrapper is called
+        exactly as its layer: `wrapper(query=q, value=v)`, masks and
+        call-context arguments included.
+        """
+        signature = layer._call_signature
+        params = list(signature.parameters.values())
+        if "training" not in signature.parameters:
+            training = inspect.Parameter(
+                "training", inspect.Parameter.KEYWORD_ONLY, default=None
+            )
+            if params and params[-1].kind == inspect.Parameter.VAR_KEYWORD:
+                params.insert(len(params) - 1, training)
+            else:
+                params.append(training)
+        self._call_signature = signature.replace(parameters=params)
+        self.call_signature_parameters = [p.name for p in params]
+        self._call_has_training_arg = True
+        self._call_has_mask_arg = "mask" in self.call_signature_parameters
+        self._call_context_args = set(layer._call_context_args) | {"training"}
+        self._call_has_context_arg = {
+            arg: arg in self.call_signature_parameters for arg in self._call_context_args
+        }
+        self._convert_input_args = layer._convert_input_args
+        self._allow_non_tensor_positional_args = layer._allow_non_tensor_positional_args
+
     def __call__(self, *args, **kwargs):
-        if not self.layer.built and not _build_takes_one_shape(self.layer):
-            # Layers whose build needs several shapes (MultiHeadAttention) are
-            # built from the call's arguments first, so that `build` below can
-            # create the pruning state next to the layer's weights.
+        if not self.layer.built:
+            # Build the layer as its own call would (from every argument's
+            # shape), so that `build` can create the pruning state beside it.
             from keras.src.layers.layer import CallSpec
 
             spec = CallSpec(
@@ -170,12 +188,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return super().__call__(*args, **kwargs)
 
     def build(self, input_shape=None):
-        if not self.layer.built and _build_takes_one_shape(self.layer):
+        if not self.layer.built and input_shape is not None:
             self.layer.build(input_shape)
         if self.layer.built:
             self._create_pruning_state()
-        # Otherwise (layers whose build needs several shapes, such as
-        # MultiHeadAttention) the state is created on the first call.
 
     def get_build_config(self):
         config = super().get_build_config() or {}
@@ -205,6 +221,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _create_pruning_state(self):
         if self._state_built:
             return
+        layer_specs.check_interpretable([self.layer])
         weights = layer_specs.prunable_weights(self.layer)
         for variable, spec in weights:
             self._granularity_for(spec).validate(variable.shape, variable.path)
@@ -233,7 +250,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
-            initializer="zeros",
+            # -1 until training starts, as in TFMOT (`UpdatePruningStep` sets 0).
+            initializer=keras.initializers.Constant(-1),
             dtype=backend.step_dtype(),
             trainable=False,
             autocast=False,
@@ -256,6 +274,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for variable, mask, _ in self.pruning_vars:
                 if not isinstance(variable.constraint, _MaskConstraint):
                     variable.constraint = _MaskConstraint(mask, variable.constraint)
+        layer_specs.attach_get_prunable_weights(self.layer)
         self._state_built = True
 
     def _granularity_for(self, spec):
@@ -270,11 +289,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return g
 
     # ------------------------------------------------------------------- call
-    def call(self, inputs, *args, training=None, mask=None, **kwargs):
-        if mask is not None:
-            kwargs["mask"] = mask
+    def call(self, *args, training=None, **kwargs):
+        if self.layer._call_has_training_arg:
+            kwargs["training"] = training
         if not self._state_built:
-            output = self.layer(inputs, *args, **kwargs)  # builds the layer
+            output = self.layer(*args, **kwargs)  # builds the layer
             self._create_pruning_state_unlocked()
             if not self._training_call(training):
                 return output
@@ -284,9 +303,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if self._advance_step():
                 self._update_masks()
         with self._masked_weights():
-            return self.layer(inputs, *args, **kwargs)
+            return self.layer(*args, **kwargs)
 
     def _training_call(self, training):
+        """Whether this call prunes: a training call of a trainable layer.
+
+        A frozen layer (`trainable=False`) keeps its masks: pruning weights
+        the optimizer cannot adjust would only cost accuracy.
+        """
+        if not (self.trainable and self.layer.trainable):
+            return False
         if training is None:
             return self._fit_training
         return bool(training)
@@ -311,14 +337,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self._last_call_context = weakref.ref(context)
         except TypeError:  # pragma: no cover
             self._last_call_context = None
+        # A step of -1 (state built after `on_train_begin`) starts at 0 too.
         if backend.host_counts_steps():
             if self._host_step is None:
-                self._host_step = int(ops.convert_to_numpy(self.pruning_step))
+                self._host_step = max(int(ops.convert_to_numpy(self.pruning_step)), 0)
+                self.pruning_step.assign(self._host_step)
             self._host_step += 1
             self.pruning_step.assign_add(1)  # a device op: no host data
         else:
             self._host_step = None
-            self.pruning_step.assign(self.pruning_step + 1)
+            self.pruning_step.assign(ops.maximum(self.pruning_step, 0) + 1)
         return True
 
     def _pruning_decision(self, step):
