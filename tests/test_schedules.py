@@ -93,6 +93,16 @@ def test_step_types(step):
         (lambda: tfprune.ExponentialDecay(0.9, rate=1.0, begin_step=0), "rate=1.0"),
         (lambda: tfprune.ExponentialDecay(0.9, rate=0.0, begin_step=0), "rate=0.0"),
         (lambda: tfprune.AGP(0.9, 0, 50, frequency=100), "frequency=100"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_argument(make, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
         (
             lambda: tfprune.PolynomialDecay(0, 0.8, 0, 100, frequency=1000),
             "frequency=1000, begin_step=0, end_step=100",
@@ -101,9 +111,11 @@ def test_step_types(step):
         (lambda: tfprune.ExponentialDecay(0.9, 0.1, 0, 99, frequency=100), "frequency=100"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_argument(make, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        make()
+def test_frequency_beyond_the_window_warns_naming_frequency(make, message):
+    # A warning, not an error: TFMOT builds such schedules in its own tests.
+    with pytest.warns(UserWarning, match="`frequency`.*" + message):
+        schedule = make()
+    assert bool(schedule(schedule.begin_step)[0])
 
 
 def test_frequency_up_to_the_window_and_one_off_windows_are_legal():
@@ -258,11 +270,19 @@ def compiled_paths(fn):
 @only_backends("tensorflow", "jax", reason="graph and XLA compilation")
 @pytest.mark.parametrize("schedule", CASES, ids=repr)
 def test_compiled_tensor_path_gives_the_host_bits(schedule):
-    # XLA fuses a multiply and an add into one FMA and turns a division by a
-    # constant into a multiplication; the schedules leave it nothing to rewrite.
-    for fn in compiled_paths(lambda t: schedule(t)):
+    # Grappler reassociates constants, XLA fuses a multiply and an add into one
+    # FMA and turns a division by a constant into a multiplication: the
+    # schedules leave them nothing to rewrite, also in the kept count computed
+    # after them in the same graph (as the wrapper does).
+    kept = compiled_paths(lambda step: keep_count(SIZES, schedule(step)[1]))
+    for fn, kept_fn in zip(compiled_paths(schedule), kept):
         for step in STEPS:
             assert_same_values(schedule, step, schedule(step), fn(int32(step)))
+            if promises_bits(schedule, step):
+                np.testing.assert_array_equal(
+                    to_numpy(kept_fn(int32(step))),
+                    to_numpy(keep_count(SIZES, schedule(step)[1])),
+                )
 
 
 @pytest.mark.parametrize("schedule", CASES, ids=repr)
@@ -279,13 +299,14 @@ def test_kept_count_is_the_same_on_both_paths(schedule):
 
 @pytest.mark.parametrize("rate, initial", [(0.3, 0.0), (0.05, 0.1), (0.01, 0.0), (0.001, 0.2)])
 def test_exponential_decay_at_events_is_the_capped_geometric_decay(rate, initial):
-    s = tfprune.ExponentialDecay(0.9, rate=rate, begin_step=3, frequency=7, initial_sparsity=initial)
+    s = tfprune.ExponentialDecay(0.9, rate, begin_step=3, frequency=7, initial_sparsity=initial)
     base = float(np.float32(1 - rate))
     u = np.finfo(np.float32).eps / 2
     for j in range(201):
         got = float(to_numpy(s(int32(3 + 7 * j))[1]))
         want = min(float(np.float32(0.9)), 1 - float(np.float32(1 - initial)) * base**j)
-        # each square base ** 2 ** i and each multiply by one rounds once
+        # rounded once each: the squares base ** 2 ** i used, the multiplies by
+        # them, 1 + (initial - 1) * power and (initial - 1)
         assert abs(got - want) <= (2 * bin(j).count("1") + 2) * u, j
         assert got <= np.float32(0.9)
     for step in (0, 3):

@@ -306,11 +306,13 @@ class Scale(keras.layers.Layer, tfprune.PrunableLayer):
 
 
 class Unknown(keras.layers.Layer):
+    """A layer type tfprune cannot interpret: it owns a matrix."""
+
     def build(self, input_shape):
-        self.w = self.add_weight(shape=(input_shape[-1],))
+        self.w = self.add_weight(shape=(input_shape[-1], input_shape[-1]), name="w")
 
     def call(self, x):
-        return x * self.w
+        return x @ self.w
 
 
 def test_custom_prunable_layer():
@@ -322,15 +324,39 @@ def test_custom_prunable_layer():
     assert int(np.count_nonzero(to_numpy(wrapper.layer.w))) == 10
 
 
-def test_unsupported_layer_names_layer_and_prunable_layer():
-    with pytest.raises(ValueError, match=r"mystery.*PrunableLayer"):
-        tfprune.prune_low_magnitude(Unknown(name="mystery"))
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), Unknown(name="mystery2")])
+def test_uninterpretable_layers_are_all_named_and_the_model_is_untouched():
+    model = keras.Sequential(
+        [keras.Input((4,)), Unknown(name="mystery"), keras.layers.Dense(4), Unknown(name="mystery2")]
+    )
     weights = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match=r"mystery2.*PrunableLayer"):
+    with pytest.raises(ValueError, match=r"(?s)'mystery'.*'mystery2'.*PrunableLayer.*clone_function"):
         tfprune.prune_low_magnitude(model)
     for a, b in zip(model.get_weights(), weights):
         np.testing.assert_array_equal(a, b)
+    assert not wrappers(model)
+
+
+def test_uninterpretable_layer_wrapped_alone_is_refused_when_built():
+    built = Unknown(name="seen")
+    built.build((None, 4))
+    with pytest.raises(ValueError, match=r"'seen' of type Unknown: weights \['w'\]"):
+        tfprune.prune_low_magnitude(built)
+    wrapper = tfprune.prune_low_magnitude(Unknown(name="unbuilt"))
+    with pytest.raises(ValueError, match="'unbuilt' of type Unknown"):
+        wrapper(np.ones((1, 4), "float32"))
+
+
+def test_layers_with_vector_weights_only_are_left_alone():
+    class Scaled(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), name="scale")
+
+        def call(self, x):
+            return x * self.scale
+
+    model = keras.Sequential([keras.Input((4,)), Scaled(name="scaled"), keras.layers.Dense(2)])
+    pruned = tfprune.prune_low_magnitude(model, **EVERY_STEP)
+    assert [type(layer).__name__ for layer in pruned.layers] == ["Scaled", "PruneLowMagnitude"]
 
 
 class MyDense(keras.layers.Dense):

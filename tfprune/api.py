@@ -110,12 +110,9 @@ def prune_low_magnitude(
         layer_specs.check_interpretable(_unwrapped_layers(to_prune))
 
         def replace(layer):
-            copy = cloning.copy_layer(layer)
-            if should_wrap(layer):
-                return PruneLowMagnitude(copy, **params), layer, copy
-            return copy, layer, copy
+            return PruneLowMagnitude(layer, **params) if should_wrap(layer) else layer
 
-        return cloning.copy_model(to_prune, replace)
+        return cloning.copy_model(to_prune, replace, weights_source=_inner_layer)
 
     if isinstance(to_prune, keras.layers.Layer):
         return PruneLowMagnitude(to_prune, **params, **kwargs)
@@ -138,11 +135,13 @@ def _unwrapped_layers(model):
     return found
 
 
-def _stripped_copy(wrapper):
-    if wrapper.built:
-        wrapper.apply_mask()
-    copy = cloning.copy_layer(wrapper.layer)
-    return copy, wrapper.layer, copy
+def _inner_layer(layer):
+    """The layer a wrapper holds, its stored weights masked."""
+    if isinstance(layer, PruneLowMagnitude):
+        if layer.built:
+            layer.apply_mask()
+        return layer.layer
+    return layer
 
 
 def strip_pruning(model):
@@ -158,8 +157,9 @@ def strip_pruning(model):
         model: a `keras.Model` (or a `PruneLowMagnitude` layer).
     """
     if isinstance(model, PruneLowMagnitude):
-        copy, source, target = _stripped_copy(model)
-        cloning.copy_weights(source, target)
+        layer = _inner_layer(model)
+        copy = type(layer).from_config(layer.get_config())
+        cloning.copy_weights(layer, copy)
         return copy
     if not isinstance(model, keras.Model):
         raise ValueError(
@@ -169,13 +169,7 @@ def strip_pruning(model):
     if not cloning.is_graph_model(model):
         return _strip_in_place(model)
 
-    def replace(layer):
-        if isinstance(layer, PruneLowMagnitude):
-            return _stripped_copy(layer)
-        copy = cloning.copy_layer(layer)
-        return copy, layer, copy
-
-    return cloning.copy_model(model, replace)
+    return cloning.copy_model(model, _inner_layer, weights_source=_inner_layer)
 
 
 def _strip_in_place(model):

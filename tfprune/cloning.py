@@ -1,21 +1,28 @@
 """Copies of Sequential and Functional models with some layers replaced.
 
-`copy_model(model, replace)` rebuilds the model's graph on new inputs:
-every layer (at any depth of nested graph models, each shared layer once)
-becomes `replace(layer)`, every `keras.ops` node (slices, `tanh`, `+`) a copy
-of itself, and weights are copied after the new graph is built. Layer and
-input names, call arguments (keyword-called layers, dict outputs, nested and
-shared models) and the model's `trainable` flag carry over; the copy is not
-compiled. The model passed in is never modified.
+`copy_model(model, replace)` first makes a fresh copy of the model from its
+config and copies the weights into it, so nothing the caller holds is ever
+modified. Then every layer of the copy (at any depth of nested graph models,
+each shared layer once) is replaced by `replace(layer)`:
 
-`prune_low_magnitude` and `strip_pruning` are both a `replace` function.
+- a Sequential or Functional model is rebuilt on its inputs: layer and input
+  names, call arguments (keyword-called layers, slices and other `keras.ops`
+  nodes, dict outputs, nested and shared models) and `trainable` carry over,
+  so `get_config()` is unchanged when `replace` changes nothing;
+- a subclass of Functional with its own `get_config` (KerasHub backbones and
+  task models) keeps its class: the replacements take the layers' places in
+  its graph, and its attributes (`backbone.transformer_layers`) still reach
+  the layers themselves.
+
+Layers of a sub-model that every call runs with `training=False` (a frozen
+base in transfer learning) are left as they are. The copy is not compiled.
 
 Example:
 >>> x = keras.Input((4,), name="features")
 >>> model = keras.Model(x, keras.ops.tanh(keras.layers.Dense(2, name="fc")(x)))
->>> copy = copy_model(model, lambda layer: (copy_layer(layer), layer, None))
->>> copy.get_config() == model.get_config()
-True
+>>> copy = copy_model(model, lambda layer: layer)
+>>> copy is model, copy.get_config() == model.get_config()
+(False, True)
 """
 
 import contextlib
@@ -24,7 +31,7 @@ import keras
 from keras import tree
 from keras.src.models.functional import Functional
 
-__all__ = ["copy_layer", "copy_model", "copy_weights", "is_graph_model"]
+__all__ = ["copy_model", "copy_weights", "graph_operations", "is_graph_model"]
 
 
 def is_graph_model(model):
@@ -32,51 +39,63 @@ def is_graph_model(model):
     return isinstance(model, (keras.Sequential, Functional))
 
 
-def copy_layer(layer):
-    """A new layer (or operation) with the same config; weights are not copied."""
-    return type(layer).from_config(layer.get_config())
+def _keeps_its_class(model):
+    """A Functional subclass whose config is its constructor's arguments."""
+    return (
+        isinstance(model, Functional)
+        and not isinstance(model, keras.Sequential)
+        and type(model).get_config not in (Functional.get_config, keras.Model.get_config)
+    )
+
+
+def graph_operations(model):
+    """The operations of a graph model's graph, in a stable order."""
+    if isinstance(model, keras.Sequential):
+        return list(model.layers)
+    return list(model._operations)
 
 
 @contextlib.contextmanager
 def _classes_in_scope(model):
     """Every class of the model's layer tree is known to deserialization.
 
-    Layers are copied through their configs; a custom layer class need not be
+    Models are copied through their configs; a custom layer class need not be
     registered for that (only to load a saved file, as anywhere in Keras).
     """
     objects = {}
-    layers = [model]
-    if isinstance(model, keras.layers.Layer):
-        layers += model._flatten_layers(include_self=False, recursive=True)
-    for layer in layers:
+    for layer in model._flatten_layers(include_self=True, recursive=True):
         for obj in (layer, getattr(layer, "pruning_schedule", None)):
-            if obj is None:
-                continue
-            cls = type(obj)
-            objects.setdefault(cls.__name__, cls)
-            objects.setdefault(keras.saving.get_registered_name(cls), cls)
+            if obj is not None:
+                cls = type(obj)
+                objects.setdefault(cls.__name__, cls)
+                objects.setdefault(keras.saving.get_registered_name(cls), cls)
     with keras.saving.custom_object_scope(objects):
         yield
 
 
-def copy_model(model, replace):
+def copy_model(model, replace, weights_source=None):
     """Copies a Sequential or Functional model, each layer through `replace`.
 
     Args:
-        model: a Sequential or Functional model (subclasses of Functional
-            give a Functional model).
-        replace: `layer -> (new_layer, weight_source, weight_target)`; the
-            weights of `weight_source` are copied into `weight_target` once
-            the new model is built (None: nothing to copy).
+        model: a Sequential or Functional model.
+        replace: `layer -> layer`, called on copies of the model's layers that
+            nobody else holds (it may return the copy itself, wrap it or
+            unwrap it).
+        weights_source: `layer -> layer` giving the weights of a layer whose
+            replacement no longer holds its copy (e.g. a wrapper's layer when
+            `replace` unwraps). Default: the layer itself.
 
     Returns:
         The new, uncompiled model.
     """
-    pairs = []
+    rewriter = _Rewriter(replace, weights_source or (lambda layer: layer))
     with _classes_in_scope(model):
-        new = _Copier(replace, pairs).copy_graph(model)
-    for source, target in pairs:
-        copy_weights(source, target)
+        new = rewriter.rewrite(model)
+    for source, copy, replacement in rewriter.pairs:
+        if replacement is copy or getattr(replacement, "layer", None) is copy:
+            copy_weights(source, copy)
+        else:
+            copy_weights(rewriter.weights_source(source), replacement)
     return new
 
 
@@ -96,8 +115,27 @@ def copy_weights(source, target):
     target.set_weights(values)
 
 
+def _transfer_weights(source, target, weights_source):
+    """Copies weights between two graph models built from one config."""
+    pairs = list(zip(graph_operations(source), graph_operations(target)))
+    if len(graph_operations(source)) != len(graph_operations(target)):
+        raise ValueError(
+            f"Model '{source.name}' could not be copied from its config: the "
+            "copy has another graph. Its `get_config()` may not describe it."
+        )
+    for s, t in pairs:
+        if is_graph_model(s) and is_graph_model(t):
+            _transfer_weights(s, t, weights_source)
+        elif isinstance(s, keras.layers.Layer):
+            if type(s) is not type(t):
+                s = weights_source(s)
+            copy_weights(s, t)
+
+
 def _inference_only_operations(model):
     """Ids of operations that every call in `model` makes with `training=False`."""
+    if isinstance(model, keras.Sequential):
+        return set()
     calls = {}
     for nodes in model._nodes_by_depth.values():
         for node in nodes:
@@ -109,59 +147,113 @@ def _inference_only_operations(model):
     return {key for key, frozen in calls.items() if frozen}
 
 
-class _Copier:
-    def __init__(self, replace, pairs):
+class _Rewriter:
+    """Replaces the layers of a graph model in a copy.
+
+    With `copies=True` each layer is copied from its config (its weights are
+    copied once the new graph is built); with `copies=False` the model is a
+    fresh copy already and its layers are used as they are.
+    """
+
+    def __init__(self, replace, weights_source, copies=True):
         self.replace = replace
-        self.pairs = pairs
+        self.weights_source = weights_source
+        self.copies = copies
+        self.pairs = []  # (layer, its copy, the copy's replacement)
         self.cache = {}
 
-    def copy_graph(self, model, replace=None):
-        replace = replace or self.replace
-        if isinstance(model, keras.Sequential):
-            return self._copy_sequential(model, replace)
-        return self._copy_functional(model, replace)
-
-    def copy_operation(self, operation, replace):
-        key = id(operation)
-        if key in self.cache:
-            return self.cache[key]
-        if is_graph_model(operation):
-            new = self.copy_graph(operation, replace)
-        elif isinstance(operation, keras.layers.Layer):
-            new, source, target = replace(operation)
-            if source is not None:
-                self.pairs.append((source, target))
-        else:  # a keras.ops node: stateless
-            new = copy_layer(operation)
-        self.cache[key] = new
-        return new
-
-    def _copy_sequential(self, model, replace):
-        layers = [self.copy_operation(layer, replace) for layer in model.layers]
-        first = model._layers[0] if model._layers else None
-        if isinstance(first, keras.layers.InputLayer):
-            layers.insert(0, copy_layer(first).output)
-        new = keras.Sequential(layers, name=model.name, trainable=model.trainable)
-        if model.built and not new.built:
-            new.build_from_config(model.get_build_config())
-        return new
-
-    def _copy_functional(self, model, replace):
+    def rewrite(self, model):
+        if _keeps_its_class(model):
+            if self.copies:
+                model = _fresh_copy(model, self.weights_source)
+                return _Rewriter(self.replace, self.weights_source, False).rewrite(model)
         frozen = _inference_only_operations(model)
-        plain = _plain_copy
-
-        def operation_fn(operation):
-            return self.copy_operation(operation, plain if id(operation) in frozen else replace)
-
+        new = {
+            id(op): self.rewrite_operation(op, frozen=id(op) in frozen)
+            for op in graph_operations(model)
+        }
+        if _keeps_its_class(model):
+            return _swap_in_place(model, new)
+        if isinstance(model, keras.Sequential):
+            first = model._layers[0] if model._layers else None
+            layers = [new[id(layer)] for layer in model.layers]
+            if isinstance(first, keras.layers.InputLayer):
+                layers.insert(0, self._input(first))
+            rebuilt = keras.Sequential(layers, name=model.name, trainable=model.trainable)
+            if model.built and not rebuilt.built:
+                rebuilt.build_from_config(model.get_build_config())
+            return rebuilt
         inputs = tree.map_structure(
-            lambda t: copy_layer(t._keras_history.operation).output, model._inputs_struct
+            lambda t: self._input(t._keras_history.operation), model._inputs_struct
         )
         outputs = model._run_through_graph(
-            inputs, operation_fn=operation_fn, call_fn=lambda op, *a, **k: op(*a, **k)
+            inputs,
+            operation_fn=lambda op: new[id(op)],
+            call_fn=lambda op, *args, **kwargs: op(*args, **kwargs),
         )
         return Functional(inputs, outputs, name=model.name, trainable=model.trainable)
 
+    def _input(self, input_layer):
+        return _copy(input_layer).output if self.copies else input_layer.output
 
-def _plain_copy(layer):
-    copy = copy_layer(layer)
-    return copy, layer, copy
+    def rewrite_operation(self, op, frozen=False):
+        key = id(op)
+        if key in self.cache:
+            return self.cache[key]
+        if is_graph_model(op) and not frozen:
+            new = self.rewrite(op)
+        elif not self.copies:
+            keep = frozen or not isinstance(op, keras.layers.Layer)
+            new = op if keep else self.replace(op)
+        elif isinstance(op, keras.layers.Layer):
+            copy = _copy(op)
+            new = copy if frozen else self.replace(copy)
+            self.pairs.append((op, copy, new))
+        else:  # a keras.ops node: stateless
+            new = _copy(op)
+        self.cache[key] = new
+        return new
+
+
+def _copy(op):
+    """A new layer or operation with the same config (weights not copied)."""
+    if is_graph_model(op):
+        return copy_model(op, lambda layer: layer)
+    config = op.get_config()
+    if isinstance(op, keras.layers.Layer) and "name" not in config:
+        # Some custom layers leave their name out of their config.
+        try:
+            return type(op).from_config({**config, "name": op.name})
+        except TypeError:
+            pass
+    return type(op).from_config(config)
+
+
+def _fresh_copy(model, weights_source):
+    """The model rebuilt from its own config, with its weights."""
+    fresh = type(model).from_config(model.get_config())
+    if model.built and not fresh.built:
+        fresh.build_from_config(model.get_build_config())
+    _transfer_weights(model, fresh, weights_source)
+    return fresh
+
+
+def _swap_in_place(model, new):
+    """Puts each `new[id(op)]` in the place of `op` in `model`'s graph."""
+    for op in graph_operations(model):
+        replacement = new[id(op)]
+        if replacement is op:
+            continue
+        for nodes in model._nodes_by_depth.values():
+            for node in nodes:
+                if node.operation is op:
+                    node.operation = replacement
+        model._operations[model._operations.index(op)] = replacement
+        layers = model._layers
+        for i, layer in enumerate(layers):
+            if layer is op:
+                layers[i] = replacement
+        if isinstance(replacement, keras.layers.Layer) and not replacement.built:
+            replacement.build_from_config(op.get_build_config() or {})
+            replacement.built = True
+    return model

@@ -220,6 +220,11 @@ def sublayers(layer):
     return layer._flatten_layers(include_self=False, recursive=False)
 
 
+def fully_built(layer):
+    """True when the layer and every layer it holds are built."""
+    return all(sub.built for sub in layer._flatten_layers(include_self=True, recursive=True))
+
+
 def resolve(layer, path):
     """Follows an attribute path (`"_query_dense.kernel"`) from a built layer."""
     obj = layer

@@ -15,10 +15,10 @@ square-and-multiply; `pow` is used only for a non-integer `power` of
 `PolynomialDecay` and between pruning events of `ExponentialDecay` (values then
 agree to a few ulps). Two rewrites that XLA would make are written out so that
 it has nothing to rewrite: a division by a constant is a multiplication by its
-float32 reciprocal (`_fraction`), and a scaled power is clipped before and
-after its multiplication (`_times_unit`) so that neither grappler (which
-reassociates constants) nor XLA (which fuses a multiply and an add into one
-FMA) changes its rounding.
+float32 reciprocal (`_fraction`), and `stop + (start - stop) * weight` is
+clipped at each step to the range it lies in anyway (`_interpolate`) so that
+neither TensorFlow's grappler (which reassociates constants) nor XLA (which
+fuses a multiply and an add into one FMA) changes its rounding.
 
 Subclass `PruningSchedule` and implement `__call__(step)` to write your own;
 the protected helpers `_should_prune_in_step`, `_validate_step` and
@@ -26,6 +26,7 @@ the protected helpers `_should_prune_in_step`, `_validate_step` and
 """
 
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -102,19 +103,22 @@ def _fraction(xp, count, total):
     return xp.minimum(xp.multiply(xp.cast(count, "float32"), reciprocal), np.float32(1))
 
 
-def _times_unit(xp, c, y):
-    """`c * y` for a static float `c` and `0 <= y <= 1`.
+def _interpolate(xp, start, stop, weight):
+    """`stop + (start - stop) * weight` in float32: static ends, `0 <= weight <= 1`.
 
-    `y` is clipped to `[0, 1]` and the product to `[min(c, 0), max(c, 0)]`.
-    Neither clip changes a value; they keep graph rewriters from changing the
-    rounding: TensorFlow's grappler would move `c` into a product
-    (`c * (a * b)` -> `a * (c * b)`), and XLA would fuse the product with the
-    addition after it into one multiply-add, which rounds once instead of twice
-    (and so differs between CPUs with and without FMA).
+    The weight, the product and the sum are clipped to the ranges they lie in
+    anyway (rounding is monotonic), so no value changes. The clips keep graph
+    rewriters from changing the rounding: TensorFlow's grappler moves constants
+    through products and sums (`c * (a * b)` -> `a * (c * b)`, and in the
+    caller's `1 - sparsity`, `1 - (stop + x)` -> `(1 - stop) - x`), and XLA
+    fuses a multiply and the add after it into one FMA, which rounds once
+    instead of twice (and so differs between CPUs with and without FMA).
     """
-    c = np.float32(c)
-    product = xp.multiply(c, xp.clip(y, np.float32(0), np.float32(1)))
-    return xp.clip(product, min(c, np.float32(0)), max(c, np.float32(0)))
+    stop, c = np.float32(stop), np.float32(start - stop)
+    zero, ends = np.float32(0), (stop, stop + c)
+    term = xp.multiply(c, xp.clip(weight, zero, np.float32(1)))
+    total = xp.add(stop, xp.clip(term, min(c, zero), max(c, zero)))
+    return xp.clip(total, min(ends), max(ends))
 
 
 def _static_power(xp, x, power):
@@ -194,10 +198,10 @@ class PruningSchedule:
     def _validate_step(begin_step, end_step, frequency, allow_negative_1):
         """Checks step arguments; `allow_negative_1` permits `end_step=-1`.
 
-        A schedule with an end must prune more than once within its window:
-        when `end_step > begin_step`, `frequency` must be at most
-        `end_step - begin_step`, else the only pruning step is `begin_step` and
-        the end is never reached (`PolynomialDecay(0, 0.8, 0, 100,
+        A schedule with an end should prune more than once within its window:
+        when `end_step > begin_step` and `frequency` exceeds
+        `end_step - begin_step`, a `UserWarning` names `frequency`: the only
+        pruning step is `begin_step` and the end is never reached (`PolynomialDecay(0, 0.8, 0, 100,
         frequency=1000)` prunes at step 0 only, before the first training
         step). `end_step == begin_step` is a one-off prune at `begin_step` and is
         legal with any `frequency` (as in TFMOT); with `end_step=-1` there is no
@@ -231,11 +235,16 @@ class PruningSchedule:
                 f"Argument `frequency` must be > 0. Received: frequency={frequency}"
             )
         if end_step > begin_step and frequency > end_step - begin_step:
-            raise ValueError(
-                "Argument `frequency` must be <= end_step - begin_step "
-                f"({end_step - begin_step}) so that the schedule prunes more than "
-                f"once (use end_step=begin_step for a one-off prune). Received: "
-                f"frequency={frequency}, begin_step={begin_step}, end_step={end_step}"
+            # A warning, not an error: TFMOT accepts such schedules (its own
+            # tests build `PolynomialDecay(0.2, 0.8, 0, 10)` with frequency 100).
+            warnings.warn(
+                "Argument `frequency` should be <= end_step - begin_step "
+                f"({end_step - begin_step}): this schedule prunes only at step "
+                f"{begin_step} and never reaches its end (use end_step=begin_step "
+                f"for a one-off prune). Received: frequency={frequency}, "
+                f"begin_step={begin_step}, end_step={end_step}",
+                UserWarning,
+                stacklevel=3,
             )
 
     @staticmethod
@@ -412,10 +421,7 @@ class PolynomialDecay(_RangeSchedule):
         span = self.end_step - self.begin_step
         one_minus_p = _fraction(xp, xp.clip(self.end_step - step, 0, span), span)
         decay = _static_power(xp, one_minus_p, self.power)
-        return xp.add(
-            np.float32(self.final_sparsity),
-            _times_unit(xp, self.initial_sparsity - self.final_sparsity, decay),
-        )
+        return _interpolate(xp, self.initial_sparsity, self.final_sparsity, decay)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -505,8 +511,9 @@ class ExponentialDecay(_RangeSchedule):
             square *= square
         if np.float32(square) == 0:  # the squares of the bits left are 0 in float32
             power = xp.where(xp.greater(events, 0), np.float32(0), power)
-        density = _times_unit(xp, 1.0 - self.initial_sparsity, power)
-        return xp.minimum(np.float32(self.final_sparsity), np.float32(1) - density)
+        # 1 - (1 - initial) * power, written as 1 + (initial - 1) * power
+        sparsity = _interpolate(xp, self.initial_sparsity, 1.0, power)
+        return xp.minimum(np.float32(self.final_sparsity), sparsity)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -576,13 +583,8 @@ class AGP(_RangeSchedule):
         xp = _ops(step)
         n = self.num_events
         k = xp.clip(xp.floor_divide(step - self.begin_step, self.frequency), 0, n)
-        remaining = _fraction(xp, n - k, n)
-        return xp.add(
-            np.float32(self.final_sparsity),
-            _times_unit(
-                xp, self.initial_sparsity - self.final_sparsity, _static_power(xp, remaining, 3)
-            ),
-        )
+        decay = _static_power(xp, _fraction(xp, n - k, n), 3)
+        return _interpolate(xp, self.initial_sparsity, self.final_sparsity, decay)
 
 
 def get(identifier):

@@ -29,6 +29,7 @@ import warnings
 import weakref
 
 import keras
+import numpy as np
 from keras import ops
 from keras.src.backend.common import stateless_scope as _stateless_scope
 
@@ -178,11 +179,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             # shape), so that `build` can create the pruning state beside it.
             from keras.src.layers.layer import CallSpec
 
+            def tensor(x):  # NumPy inputs: Keras converts them before building
+                return ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
+
             spec = CallSpec(
                 self.layer._call_signature,
                 self.layer._call_context_args,
-                args,
-                {k: v for k, v in kwargs.items() if k != "training"},
+                keras.tree.map_structure(tensor, args),
+                {k: keras.tree.map_structure(tensor, v) for k, v in kwargs.items() if k != "training"},
             )
             self.layer._maybe_build(spec)
         return super().__call__(*args, **kwargs)
@@ -190,8 +194,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def build(self, input_shape=None):
         if not self.layer.built and input_shape is not None:
             self.layer.build(input_shape)
-        if self.layer.built:
+        if layer_specs.fully_built(self.layer):
             self._create_pruning_state()
+        # Otherwise (sublayers built on the layer's first call) the state is
+        # created on the first call.
 
     def get_build_config(self):
         config = super().get_build_config() or {}
@@ -206,7 +212,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if not self.built:
             self.build(config.get("input_shape"))
             self.built = True
-        elif not self._state_built and self.layer.built:
+        elif not self._state_built and layer_specs.fully_built(self.layer):
             self._create_pruning_state_unlocked()
 
     def _create_pruning_state_unlocked(self):
