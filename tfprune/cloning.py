@@ -186,11 +186,7 @@ class _Rewriter:
         inputs = tree.map_structure(
             lambda t: self._input(t._keras_history.operation), model._inputs_struct
         )
-        outputs = model._run_through_graph(
-            inputs,
-            operation_fn=lambda op: new[id(op)],
-            call_fn=lambda op, *args, **kwargs: op(*args, **kwargs),
-        )
+        outputs = _replay(model, inputs, new)
         return Functional(inputs, outputs, name=model.name, trainable=model.trainable)
 
     def _input(self, input_layer):
@@ -213,6 +209,27 @@ class _Rewriter:
             new = _copy(op)
         self.cache[key] = new
         return new
+
+
+def _replay(model, inputs, new):
+    """Calls `new[id(op)]` for every node of `model`'s graph, on `inputs`.
+
+    Nodes run deepest first and, within a depth, in the order their operation
+    was called, so a shared layer's calls keep their node indices.
+    """
+    tensors = {id(x): y for x, y in zip(model.inputs, keras.tree.flatten(inputs))}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        nodes = model._nodes_by_depth[depth]
+        for node in sorted(nodes, key=lambda n: n.operation._inbound_nodes.index(n)):
+            if node.is_input or any(id(x) not in tensors for x in node.input_tensors):
+                continue
+            args, kwargs = node.arguments.fill_in(tensors)
+            outputs = new[id(node.operation)](*args, **kwargs)
+            for x, y in zip(node.outputs, keras.tree.flatten(outputs)):
+                tensors[id(x)] = y
+    return keras.tree.pack_sequence_as(
+        model._outputs_struct, [tensors[id(x)] for x in model.outputs]
+    )
 
 
 def _copy(op):

@@ -189,6 +189,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 {k: keras.tree.map_structure(tensor, v) for k, v in kwargs.items() if k != "training"},
             )
             self.layer._maybe_build(spec)
+        if not self._state_built and not layer_specs.fully_built(self.layer):
+            # Sublayers built on the layer's first call (a custom block without
+            # `build`): a symbolic call builds them, outside of this wrapper's
+            # own output-spec tracing, where no state may be created.
+            flat = keras.tree.flatten((args, kwargs))
+            if any(isinstance(x, keras.KerasTensor) for x in flat):
+                inner = {k: v for k, v in kwargs.items() if k != "training"}
+                self.layer.compute_output_spec(*args, **inner)
+                if layer_specs.fully_built(self.layer):
+                    self._create_pruning_state_unlocked()
         return super().__call__(*args, **kwargs)
 
     def build(self, input_shape=None):
@@ -253,6 +263,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
             pruning_vars.append((variable, mask, threshold))
         self._untracked("_pruning_vars", pruning_vars)
+        # Held in an attribute so that TensorFlow's object graph reaches them
+        # (tf.saved_model.save exports only tracked variables).
+        self._mask_variables = [v for _, mask, t in pruning_vars for v in (mask, t)]
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
