@@ -463,6 +463,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def prunable_weights(self):
         return [w for w, _, _ in self.pruning_vars]
 
+    def compute_output_spec(self, *args, **kwargs):
+        # Masks change values, never shapes or dtypes: ask the layer.
+        if not self.layer._call_has_training_arg:
+            kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
     def compute_mask(self, inputs, previous_mask=None):
         return self.layer.compute_mask(inputs, previous_mask)
 

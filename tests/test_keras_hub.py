@@ -1,0 +1,147 @@
+"""KerasHub backbones built from small configs (random weights, no downloads).
+
+A backbone keeps its class when pruned: every `Dense`, `EinsumDense` and
+`Embedding` inside its transformer blocks and embeddings is pruned where it
+is. Its config describes the unpruned backbone, so training resumes by
+pruning a freshly built backbone and loading the pruned weights.
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+from helpers import assert_exact_sparsity, step_of, wrappers
+
+import tfprune
+
+keras_hub = pytest.importorskip("keras_hub")
+
+SEQUENCE = 8
+SMALL = dict(vocabulary_size=40, num_layers=2, hidden_dim=8, intermediate_dim=16)
+BACKBONES = {
+    "bert": lambda: keras_hub.models.BertBackbone(
+        num_heads=2, max_sequence_length=SEQUENCE, **SMALL
+    ),
+    "gpt2": lambda: keras_hub.models.GPT2Backbone(
+        num_heads=2, max_sequence_length=SEQUENCE, **SMALL
+    ),
+    "llama": lambda: keras_hub.models.LlamaBackbone(
+        num_query_heads=2, num_key_value_heads=1, **SMALL
+    ),
+    "gemma": lambda: keras_hub.models.GemmaBackbone(
+        num_query_heads=2, num_key_value_heads=1, head_dim=4, **SMALL
+    ),
+}
+PRUNED_TYPES = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
+
+
+def _inputs(backbone, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name in backbone.input:
+        if name == "token_ids":
+            inputs[name] = rng.integers(1, 40, size=(n, SEQUENCE)).astype("int32")
+        elif name == "segment_ids":
+            inputs[name] = np.zeros((n, SEQUENCE), "int32")
+        else:
+            inputs[name] = np.ones((n, SEQUENCE), "int32")
+    return inputs
+
+
+def _sequence_output(outputs):
+    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+
+
+def _train(backbone, inputs, steps=2):
+    """A regression head on the backbone's sequence output, trained `steps` steps."""
+    x = {name: keras.Input((SEQUENCE,), dtype="int32", name=name) for name in inputs}
+    features = keras.layers.GlobalAveragePooling1D()(_sequence_output(backbone(x)))
+    head = keras.Model(x, keras.layers.Dense(1)(features))
+    head.compile("sgd", "mse")
+    n = len(next(iter(inputs.values())))
+    head.fit(inputs, np.zeros((n, 1)), batch_size=n // steps, verbose=0,
+             callbacks=[tfprune.UpdatePruningStep()])
+
+
+def _leaf_kernels(model):
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, PRUNED_TYPES) and not isinstance(layer, tfprune.PruneLowMagnitude)
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_backbone_is_pruned_where_its_layers_are(name, tmp_path):
+    backbone = BACKBONES[name]()
+    inputs = _inputs(backbone)
+    schedule = tfprune.ConstantSparsity(0.5, 0, frequency=1)
+    pruned = tfprune.prune_low_magnitude(backbone, pruning_schedule=schedule)
+    assert type(pruned) is type(backbone) and pruned is not backbone
+    assert not pruned.compiled
+
+    masked = {id(v) for w in wrappers(pruned) for v in w.prunable_weights}
+    kernels = _leaf_kernels(pruned)
+    assert kernels and all(
+        id(getattr(layer, "_kernel", getattr(layer, "_embeddings", None))) in masked
+        for layer in kernels
+    )
+    _train(pruned, inputs)
+    for wrapper in wrappers(pruned):
+        assert step_of(wrapper) == 2
+        assert_exact_sparsity(wrapper, 0.5)
+
+    stripped = tfprune.strip_pruning(pruned)
+    assert type(stripped) is type(backbone) and not wrappers(stripped)
+    assert stripped.get_config() == backbone.get_config()
+    expected = _sequence_output(pruned.predict(inputs, verbose=0))
+    np.testing.assert_array_equal(_sequence_output(stripped.predict(inputs, verbose=0)), expected)
+
+    # The finished model saves and loads as a plain backbone.
+    stripped.save(tmp_path / "stripped.keras")
+    restored = keras.models.load_model(tmp_path / "stripped.keras")
+    np.testing.assert_allclose(
+        _sequence_output(restored.predict(inputs, verbose=0)), expected, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_resume_mid_schedule_by_pruning_a_fresh_backbone_and_loading_weights(tmp_path):
+    backbone = BACKBONES["bert"]()
+    inputs = _inputs(backbone, n=4)
+    schedule = tfprune.PolynomialDecay(0.2, 0.6, begin_step=0, end_step=4, frequency=1)
+    pruned = tfprune.prune_low_magnitude(backbone, pruning_schedule=schedule)
+    _train(pruned, inputs)  # steps 1, 2
+    path = tmp_path / "pruned.weights.h5"
+    pruned.save_weights(path)
+
+    resumed = tfprune.prune_low_magnitude(
+        type(backbone).from_config(backbone.get_config()), pruning_schedule=schedule
+    )
+    resumed.load_weights(path)
+    for a, b in zip(wrappers(pruned), wrappers(resumed)):
+        assert step_of(b) == step_of(a) == 2
+        for (_, mask_a, _), (_, mask_b, _) in zip(a.pruning_vars, b.pruning_vars):
+            np.testing.assert_array_equal(to_numpy(mask_a), to_numpy(mask_b))
+    _train(resumed, inputs)  # steps 3, 4: the schedule goes on to 0.6
+    for wrapper in wrappers(resumed):
+        assert step_of(wrapper) == 4
+        assert_exact_sparsity(wrapper, 0.6)
+
+
+def test_task_model_keeps_its_class():
+    backbone = BACKBONES["bert"]()
+    task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+    pruned = tfprune.prune_low_magnitude(task, tfprune.ConstantSparsity(0.5, 0, frequency=1))
+    assert type(pruned) is type(task)
+    assert type(pruned.backbone) is type(backbone) and pruned.backbone is not backbone
+    inputs = _inputs(backbone)
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(inputs, np.array([0, 1, 0, 1]), batch_size=2, verbose=0,
+               callbacks=[tfprune.UpdatePruningStep()])
+    for wrapper in wrappers(pruned):
+        assert_exact_sparsity(wrapper, 0.5)
+    stripped = tfprune.strip_pruning(pruned)
+    assert type(stripped) is type(task)
+    np.testing.assert_array_equal(
+        stripped.predict(inputs, verbose=0), pruned.predict(inputs, verbose=0)
+    )
