@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 TFMOT_ORACLE := tf_keras==2.21.0 tensorflow-model-optimization==0.8.1
+KERAS_HUB := keras-hub==0.32.0
 TORCH := torch==2.13.0
 
 .PHONY: demo test test-tf test-jax test-torch install install-test bench lint clean
@@ -18,6 +19,9 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.py
 	# TFMOT is the reference the parity tests compare against. It pins the
 	# full `tensorflow` build; tensorflow-cpu provides the same module.
 	$(PIP) install -q --no-deps $(TFMOT_ORACLE)
+	# KerasHub backbones are test models; its tensorflow-text dependency
+	# (tokenizers only) would install the full `tensorflow` beside tensorflow-cpu.
+	$(PIP) install -q --no-deps $(KERAS_HUB)
 	touch $@
 
 install: $(VENV)/.installed

@@ -35,6 +35,11 @@ setup(
             "scipy",
             "mock",
             "optax",  # JAX example of schedules outside Keras
+            # KerasHub (installed with --no-deps by the Makefile: its
+            # tensorflow-text dependency would pull the full `tensorflow`
+            # beside tensorflow-cpu) needs these to build backbones.
+            "regex",
+            "tokenizers",
         ],
     },
     entry_points={"console_scripts": ["tfprune=tfprune.__main__:main"]},
