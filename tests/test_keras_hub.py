@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
-from helpers import assert_exact_sparsity, step_of, wrappers
+from helpers import assert_exact_sparsity, assert_same_predictions, step_of, wrappers
 
 import tfprune
 
@@ -95,7 +95,7 @@ def test_backbone_is_pruned_where_its_layers_are(name, tmp_path):
     assert type(stripped) is type(backbone) and not wrappers(stripped)
     assert stripped.get_config() == backbone.get_config()
     expected = _sequence_output(pruned.predict(inputs, verbose=0))
-    np.testing.assert_array_equal(_sequence_output(stripped.predict(inputs, verbose=0)), expected)
+    assert_same_predictions(_sequence_output(stripped.predict(inputs, verbose=0)), expected)
 
     # The finished model saves and loads as a plain backbone.
     stripped.save(tmp_path / "stripped.keras")
@@ -129,6 +129,8 @@ def test_resume_mid_schedule_by_pruning_a_fresh_backbone_and_loading_weights(tmp
 
 
 def test_task_model_keeps_its_class():
+    # A KerasHub task's fit runs its input pipeline with tf.data (or grain).
+    pytest.importorskip("tensorflow")
     backbone = BACKBONES["bert"]()
     task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
     pruned = tfprune.prune_low_magnitude(task, tfprune.ConstantSparsity(0.5, 0, frequency=1))
@@ -142,6 +144,4 @@ def test_task_model_keeps_its_class():
         assert_exact_sparsity(wrapper, 0.5)
     stripped = tfprune.strip_pruning(pruned)
     assert type(stripped) is type(task)
-    np.testing.assert_array_equal(
-        stripped.predict(inputs, verbose=0), pruned.predict(inputs, verbose=0)
-    )
+    assert_same_predictions(stripped.predict(inputs, verbose=0), pruned.predict(inputs, verbose=0))
