@@ -91,3 +91,25 @@ def test_epoch_end_applies_masks_to_stored_weights():
     callback.on_epoch_end(0)
     stored = to_numpy(wrapper.layer.kernel)
     np.testing.assert_array_equal(stored, to_numpy(wrapper.pruning_vars[0][1]).astype("float32"))
+
+
+@pytest.mark.parametrize("missing", ["tensorboard", "tensorflow"])
+def test_pruning_summaries_says_what_to_install_at_construction(missing, monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import fails
+    with pytest.raises(ImportError, match=rf"{missing}.*pip install"):
+        tfprune.PruningSummaries(log_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("method", ["on_train_begin", "on_epoch_end"])
+def test_update_pruning_step_before_set_model_says_so(method):
+    with pytest.raises(ValueError, match=rf"{method}\(\)` was called before `set_model"):
+        getattr(tfprune.UpdatePruningStep(), method)()
+
+
+def test_pruning_step_is_minus_one_until_training_starts():
+    model = tfprune.prune_low_magnitude(mlp(), tfprune.ConstantSparsity(0.5, 0, frequency=1))
+    assert [int(to_numpy(w.pruning_step)) for w in wrappers(model)] == [-1, -1]
+    callback = tfprune.UpdatePruningStep()
+    callback.set_model(model)
+    callback.on_train_begin()
+    assert [int(to_numpy(w.pruning_step)) for w in wrappers(model)] == [0, 0]

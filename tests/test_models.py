@@ -194,6 +194,12 @@ def test_whole_model_pruning_reaches_every_kernel(name, tmp_path):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     for a, b in zip(expected, _flat(restored.predict(x, verbose=0))):
         assert_same_predictions(b, a)
+    restored.compile("sgd", "mse")  # resumed mid-schedule: steps 3 and 4
+    restored.fit(x, _targets(model), batch_size=4, epochs=1, verbose=0,
+                 callbacks=[tfprune.UpdatePruningStep()])
+    for wrapper in wrappers(restored):
+        assert step_of(wrapper) == 4
+        assert_exact_sparsity(wrapper, 0.5)
 
     for a, b in zip(model.get_weights(), before):  # the original is untouched
         np.testing.assert_array_equal(a, b)
@@ -335,3 +341,19 @@ def test_keras_application_mobilenet_v2():
     assert stripped.get_config() == model.get_config()
     np.testing.assert_allclose(stripped.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_layer_that_cannot_be_rebuilt_from_its_config_is_named():
+    class Sub(L.Layer):  # TFMOT's subclassed-layer case: __init__ takes no arguments
+        def __init__(self):
+            super().__init__()
+            self.conv = L.Conv2D(2, 3, padding="same")
+            self.dense = L.Dense(4)
+
+        def call(self, x):
+            return self.dense(L.Flatten()(self.conv(x)))
+
+    x = keras.Input((7, 7, 3))
+    model = keras.Model(x, Sub()(x))
+    with pytest.raises(ValueError, match=r"of type Sub cannot be rebuilt from its config"):
+        tfprune.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))

@@ -243,7 +243,18 @@ def _copy(op):
             return type(op).from_config({**config, "name": op.name})
         except TypeError:
             pass
-    return type(op).from_config(config)
+    try:
+        return type(op).from_config(config)
+    except Exception as error:
+        raise ValueError(
+            f"Layer '{op.name}' of type {type(op).__name__} cannot be rebuilt from "
+            f"its config: `{type(op).__name__}.from_config(layer.get_config())` "
+            f"raised {type(error).__name__}: {error}. The model is copied so that "
+            "it stays untouched; give the layer a `get_config()` returning its "
+            "constructor arguments (and accept `**kwargs` in `__init__`), or wrap "
+            "the layers you want pruned in its `__init__` with "
+            "`tfprune.prune_low_magnitude(layer)`."
+        ) from error
 
 
 def _fresh_copy(model, weights_source):
