@@ -36,10 +36,16 @@ def prune_low_magnitude(
 
     - a layer returns a `PruneLowMagnitude` wrapping it;
     - a list returns a list where each layer with prunable weights is wrapped;
-    - a Sequential or Functional model (nested models and shared layers
+    - a Sequential or Functional model (nested models, shared layers,
+      `keras.ops` nodes and Functional subclasses such as KerasHub backbones
       included) returns a new, uncompiled model with the same weights (and
-      the same predictions) in which every layer with prunable weights is
-      wrapped; layers with nothing to prune are copied unwrapped.
+      the same predictions) in which every layer with prunable weights at
+      any depth is wrapped (see `tfprune.layers` for what each layer
+      prunes). Layers with nothing to prune, frozen layers
+      (`trainable=False`) and sub-models every call runs with
+      `training=False` are copied unwrapped. A model holding layers whose
+      weights cannot be interpreted raises one `ValueError` naming them all,
+      before anything is copied.
 
     Subclassed models are pruned by wrapping their layers in `__init__`:
     `self.dense = tfprune.prune_low_magnitude(keras.layers.Dense(10))`.
@@ -57,7 +63,8 @@ def prune_low_magnitude(
         block_size: `(height, width)` of blocks pruned together (rank-2
             weights only).
         block_pooling_type: `'AVG'` or `'MAX'`, how a block is scored.
-        pruning_policy: a `PruningPolicy` choosing which layers to wrap.
+        pruning_policy: a `PruningPolicy` choosing which layers to wrap
+            (`TypeError` for anything else).
         sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)` for 2:4 sparsity.
         **kwargs: passed to the wrapper when `to_prune` is a single layer.
 
