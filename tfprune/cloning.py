@@ -1,21 +1,24 @@
 """Copies of Sequential and Functional models with some layers replaced.
 
-`copy_model(model, replace)` first makes a fresh copy of the model from its
-config and copies the weights into it, so nothing the caller holds is ever
-modified. Then every layer of the copy (at any depth of nested graph models,
-each shared layer once) is replaced by `replace(layer)`:
+`copy_model(model, replace)` returns a new model in which every layer (at
+any depth of nested graph models, each shared layer once) is
+`replace(copy_of_layer)`; nothing the caller holds is modified.
 
-- a Sequential or Functional model is rebuilt on its inputs: layer and input
-  names, call arguments (keyword-called layers, slices and other `keras.ops`
-  nodes, dict outputs, nested and shared models) and `trainable` carry over,
-  so `get_config()` is unchanged when `replace` changes nothing;
-- a subclass of Functional with its own `get_config` (KerasHub backbones and
-  task models) keeps its class: the replacements take the layers' places in
-  its graph, and its attributes (`backbone.transformer_layers`) still reach
-  the layers themselves.
+- A Sequential or Functional model is rebuilt on copies of its inputs:
+  each layer and `keras.ops` node (slices, `tanh`, `+`) is copied from its
+  config and called with the recorded arguments (keyword-called layers,
+  dict outputs, nested and shared models, a shared layer's calls in their
+  order), and weights are copied once the new graph is built. Layer and
+  input names and `trainable` carry over, so `get_config()` is unchanged
+  when `replace` changes nothing.
+- A subclass of Functional with its own `get_config` (KerasHub backbones
+  and task models) keeps its class: it is rebuilt from its config, its
+  weights are copied, and the replacements take the layers' places in its
+  graph; its attributes (`backbone.transformer_layers`) still reach the
+  layers themselves.
 
 Layers of a sub-model that every call runs with `training=False` (a frozen
-base in transfer learning) are left as they are. The copy is not compiled.
+base in transfer learning) are copied as they are. The copy is not compiled.
 
 Example:
 >>> x = keras.Input((4,), name="features")

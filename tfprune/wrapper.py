@@ -174,32 +174,36 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._allow_non_tensor_positional_args = layer._allow_non_tensor_positional_args
 
     def __call__(self, *args, **kwargs):
+        if not self._state_built:
+            inner = {k: v for k, v in kwargs.items() if k != "training"}
+            self._build_layer(args, inner)
+        return super().__call__(*args, **kwargs)
+
+    def _build_layer(self, args, kwargs):
+        """Builds the wrapped layer as its own first call would.
+
+        From every argument's shape (`MultiHeadAttention(query=q, value=v)`);
+        and sublayers that are built only when called (a custom block without
+        `build`) by a symbolic call, outside of this wrapper's own output-spec
+        tracing, where no state may be created. Then the pruning state.
+        """
         if not self.layer.built:
-            # Build the layer as its own call would (from every argument's
-            # shape), so that `build` can create the pruning state beside it.
             from keras.src.layers.layer import CallSpec
 
             def tensor(x):  # NumPy inputs: Keras converts them before building
                 return ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
 
+            args, kwargs = keras.tree.map_structure(tensor, (args, kwargs))
             spec = CallSpec(
-                self.layer._call_signature,
-                self.layer._call_context_args,
-                keras.tree.map_structure(tensor, args),
-                {k: keras.tree.map_structure(tensor, v) for k, v in kwargs.items() if k != "training"},
+                self.layer._call_signature, self.layer._call_context_args, args, dict(kwargs)
             )
             self.layer._maybe_build(spec)
-        if not self._state_built and not layer_specs.fully_built(self.layer):
-            # Sublayers built on the layer's first call (a custom block without
-            # `build`): a symbolic call builds them, outside of this wrapper's
-            # own output-spec tracing, where no state may be created.
+        if not layer_specs.fully_built(self.layer):
             flat = keras.tree.flatten((args, kwargs))
             if any(isinstance(x, keras.KerasTensor) for x in flat):
-                inner = {k: v for k, v in kwargs.items() if k != "training"}
-                self.layer.compute_output_spec(*args, **inner)
-                if layer_specs.fully_built(self.layer):
-                    self._create_pruning_state_unlocked()
-        return super().__call__(*args, **kwargs)
+                self.layer.compute_output_spec(*args, **kwargs)
+        if layer_specs.fully_built(self.layer):
+            self._create_pruning_state_unlocked()
 
     def build(self, input_shape=None):
         if not self.layer.built and input_shape is not None:
