@@ -111,6 +111,14 @@ MODELS = {
         6,
     ),
     "bidirectional": (lambda: _sequence_model(L.Bidirectional(L.LSTM(4))), "ints", 6),
+    "masked_lstm": (
+        lambda: keras.Sequential(
+            [keras.Input((6,), dtype="int32"), L.Embedding(30, 8, mask_zero=True), L.LSTM(4),
+             L.Dense(3)]
+        ),
+        "ints",
+        4,
+    ),
     "conv_lstm_1d": (
         lambda: keras.Sequential(
             [keras.Input((3, 6, 2)), L.ConvLSTM1D(3, 3), L.Flatten(), L.Dense(3)]
@@ -357,3 +365,15 @@ def test_layer_that_cannot_be_rebuilt_from_its_config_is_named():
     model = keras.Model(x, Sub()(x))
     with pytest.raises(ValueError, match=r"of type Sub cannot be rebuilt from its config"):
         tfprune.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+
+
+def test_unbuilt_sequential_with_an_lstm():
+    model = keras.Sequential([L.Embedding(30, 8), L.LSTM(4), L.Dense(1)])  # no Input
+    pruned = tfprune.prune_low_magnitude(model, pruning_schedule=EVERY_STEP)
+    assert len(wrappers(pruned)) == 3
+    pruned.compile("sgd", "mse")
+    pruned.fit(_inputs("ints"), np.zeros((8, 1)), batch_size=4, verbose=0,
+               callbacks=[tfprune.UpdatePruningStep()])
+    assert len(_masks(pruned)) == 4
+    for wrapper in wrappers(pruned):
+        assert_exact_sparsity(wrapper, 0.5)

@@ -116,8 +116,8 @@ def prune_low_magnitude(
             pruning_policy.ensure_model_supports_pruning(to_prune)
         layer_specs.check_interpretable(_unwrapped_layers(to_prune))
 
-        def replace(layer):
-            return PruneLowMagnitude(layer, **params) if should_wrap(layer) else layer
+        def replace(copy, layer):
+            return PruneLowMagnitude(copy, **params) if should_wrap(layer) else copy
 
         return cloning.copy_model(to_prune, replace, weights_source=_inner_layer)
 
@@ -176,7 +176,10 @@ def strip_pruning(model):
     if not cloning.is_graph_model(model):
         return _strip_in_place(model)
 
-    return cloning.copy_model(model, _inner_layer, weights_source=_inner_layer)
+    def replace(copy, layer):
+        return copy.layer if isinstance(copy, PruneLowMagnitude) else copy
+
+    return cloning.copy_model(model, replace, weights_source=_inner_layer)
 
 
 def _strip_in_place(model):

@@ -23,7 +23,7 @@ base in transfer learning) are copied as they are. The copy is not compiled.
 Example:
 >>> x = keras.Input((4,), name="features")
 >>> model = keras.Model(x, keras.ops.tanh(keras.layers.Dense(2, name="fc")(x)))
->>> copy = copy_model(model, lambda layer: layer)
+>>> copy = copy_model(model, lambda copy, layer: copy)
 >>> copy is model, copy.get_config() == model.get_config()
 (False, True)
 """
@@ -81,9 +81,10 @@ def copy_model(model, replace, weights_source=None):
 
     Args:
         model: a Sequential or Functional model.
-        replace: `layer -> layer`, called on copies of the model's layers that
-            nobody else holds (it may return the copy itself, wrap it or
-            unwrap it).
+        replace: `(copy, layer) -> new layer`, called with a copy of each of
+            the model's layers that nobody else holds (built or not) and the
+            layer it copies (built, to decide from); it may return the copy
+            itself, wrap it or unwrap it.
         weights_source: `layer -> layer` giving the weights of a layer whose
             replacement no longer holds its copy (e.g. a wrapper's layer when
             `replace` unwraps). Default: the layer itself.
@@ -203,10 +204,10 @@ class _Rewriter:
             new = self.rewrite(op)
         elif not self.copies:
             keep = frozen or not isinstance(op, keras.layers.Layer)
-            new = op if keep else self.replace(op)
+            new = op if keep else self.replace(op, op)
         elif isinstance(op, keras.layers.Layer):
             copy = _copy(op)
-            new = copy if frozen else self.replace(copy)
+            new = copy if frozen else self.replace(copy, op)
             self.pairs.append((op, copy, new))
         else:  # a keras.ops node: stateless
             new = _copy(op)
@@ -238,7 +239,7 @@ def _replay(model, inputs, new):
 def _copy(op):
     """A new layer or operation with the same config (weights not copied)."""
     if is_graph_model(op):
-        return copy_model(op, lambda layer: layer)
+        return copy_model(op, lambda copy, layer: copy)
     config = op.get_config()
     if isinstance(op, keras.layers.Layer) and "name" not in config:
         # Some custom layers leave their name out of their config.

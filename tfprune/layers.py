@@ -346,15 +346,14 @@ def has_prunable_weights(layer):
     (custom layers and unbuilt layers no rule describes: True, decided when
     built).
     """
-    specs = describe(layer)
     if is_custom_prunable(layer):
         return True
+    specs = describe(layer)
     if specs is not None:
         return len(specs) > 0
-    if layer.built:
+    if fully_built(layer):
         return bool(prunable_weights(layer))
-    subs = sublayers(layer)
-    return any(has_prunable_weights(s) for s in subs) if subs else False
+    return any(has_prunable_weights(sub) for sub in sublayers(layer))
 
 
 def attach_get_prunable_weights(layer):

@@ -29,7 +29,6 @@ import warnings
 import weakref
 
 import keras
-import numpy as np
 from keras import ops
 from keras.src.backend.common import stateless_scope as _stateless_scope
 
@@ -180,28 +179,25 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return super().__call__(*args, **kwargs)
 
     def _build_layer(self, args, kwargs):
-        """Builds the wrapped layer as its own first call would.
+        """Builds the wrapped layer as its own first call would, then the state.
 
-        From every argument's shape (`MultiHeadAttention(query=q, value=v)`);
-        and sublayers that are built only when called (a custom block without
-        `build`) by a symbolic call, outside of this wrapper's own output-spec
-        tracing, where no state may be created. Then the pruning state.
+        A symbolic call on the arguments' shapes goes through the layer's own
+        `__call__`, so every argument counts (`MultiHeadAttention(query=q,
+        value=v)`), sublayers built only when called (a custom block without
+        `build`) are built, and the layer records the build config it would
+        record anyway. It runs outside of this wrapper's own output-spec
+        tracing, where no state may be created.
         """
-        if not self.layer.built:
-            from keras.src.layers.layer import CallSpec
-
-            def tensor(x):  # NumPy inputs: Keras converts them before building
-                return ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
-
-            args, kwargs = keras.tree.map_structure(tensor, (args, kwargs))
-            spec = CallSpec(
-                self.layer._call_signature, self.layer._call_context_args, args, dict(kwargs)
-            )
-            self.layer._maybe_build(spec)
         if not layer_specs.fully_built(self.layer):
-            flat = keras.tree.flatten((args, kwargs))
-            if any(isinstance(x, keras.KerasTensor) for x in flat):
-                self.layer.compute_output_spec(*args, **kwargs)
+
+            def symbolic(x):
+                if isinstance(x, keras.KerasTensor) or not hasattr(x, "shape"):
+                    return x
+                dtype = keras.backend.standardize_dtype(x.dtype)
+                return keras.KerasTensor(tuple(x.shape), dtype=dtype)
+
+            args, kwargs = keras.tree.map_structure(symbolic, (args, kwargs))
+            self.layer(*args, **kwargs)
         if layer_specs.fully_built(self.layer):
             self._create_pruning_state_unlocked()
 
