@@ -108,6 +108,7 @@ def test_register_describes_a_library_layer_type():
 
 def test_get_prunable_weights_is_added_to_wrapped_builtin_layers():
     wrapper = tfprune.prune_low_magnitude(keras.layers.LSTM(2))
+    assert callable(wrapper.layer.get_prunable_weights)  # at wrap time, as TFMOT
     wrapper.build((None, 3, 4))
     cell = wrapper.layer.cell
     assert [v.path for v in wrapper.layer.get_prunable_weights()] == [

@@ -33,6 +33,12 @@ def _ops_graph():
     return keras.Model(x, {"logits": L.Dense(3, name="logits")(h), "score": L.Dense(1)(h)})
 
 
+def _lambda_layer():
+    x = keras.Input((4,))
+    h = L.Lambda(lambda t: t * 2.0, name="double")(L.Dense(3, name="first")(x))
+    return keras.Model(x, L.Dense(2)(h))
+
+
 def _keyword_attention():
     x = keras.Input((5, 8))
     h = L.MultiHeadAttention(2, 4, name="mha")(query=x, value=x, key=x)
@@ -135,6 +141,7 @@ MODELS = {
     ),
     "ops_slices_dict_outputs": (_ops_graph, (5, 4), 4),
     "keyword_called_attention": (_keyword_attention, (5, 8), 5),
+    "lambda_layer": (_lambda_layer, (4,), 2),
     "nested_shared_custom": (_nested_and_shared, [(4,), (4,)], 5),
     "augmentation": (_augmented_cnn, (12, 12, 3), 2),
     "preprocessing": (_preprocessing_graph, (4,), 1),
@@ -156,6 +163,14 @@ def _targets(model, n=8):
     if isinstance(outputs, dict):
         return {k: np.zeros((n, v.shape[-1]), "float32") for k, v in outputs.items()}
     return np.zeros((n, model.outputs[0].shape[-1]), "float32")
+
+
+def _without_lambda_code(config):
+    """A Lambda's marshalled bytecode changes on any config round trip."""
+    for layer in config["layers"]:
+        if layer["class_name"] == "Lambda":
+            layer["config"]["function"]["config"].pop("code")
+    return config
 
 
 def _masks(model):
@@ -190,14 +205,14 @@ def test_whole_model_pruning_reaches_every_kernel(name, tmp_path):
 
     stripped = tfprune.strip_pruning(pruned)
     assert not wrappers(stripped) and not stripped.compiled
-    assert stripped.get_config() == original_config
+    assert _without_lambda_code(stripped.get_config()) == _without_lambda_code(original_config)
     expected = _flat(pruned.predict(x, verbose=0))
     for a, b in zip(expected, _flat(stripped.predict(x, verbose=0))):
         assert_same_predictions(b, a)
 
     path = tmp_path / "pruned.keras"
     pruned.save(path)
-    restored = keras.models.load_model(path, custom_objects={"Block": Block})
+    restored = keras.models.load_model(path, custom_objects={"Block": Block}, safe_mode=False)
     for a, b in zip(_masks(pruned), _masks(restored)):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     for a, b in zip(expected, _flat(restored.predict(x, verbose=0))):

@@ -33,6 +33,7 @@ import contextlib
 import keras
 from keras import tree
 from keras.src.models.functional import Functional
+from keras.src.saving import serialization_lib
 
 __all__ = ["copy_model", "copy_weights", "graph_operations", "is_graph_model"]
 
@@ -64,6 +65,8 @@ def _classes_in_scope(model):
 
     Models are copied through their configs; a custom layer class need not be
     registered for that (only to load a saved file, as anywhere in Keras).
+    The configs come from the caller's own live objects, not from a file, so
+    `Lambda` layers holding Python lambdas are copied too (safe mode off).
     """
     objects = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
@@ -72,7 +75,7 @@ def _classes_in_scope(model):
                 cls = type(obj)
                 objects.setdefault(cls.__name__, cls)
                 objects.setdefault(keras.saving.get_registered_name(cls), cls)
-    with keras.saving.custom_object_scope(objects):
+    with keras.saving.custom_object_scope(objects), serialization_lib.SafeModeScope(False):
         yield
 
 

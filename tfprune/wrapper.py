@@ -121,6 +121,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             tuple(int(v) for v in sparsity_m_by_n) if sparsity_m_by_n else None
         )
         layer_specs.check_interpretable([layer])  # built layers: before anything
+        layer_specs.attach_get_prunable_weights(layer)  # TFMOT's make_prunable
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -293,7 +294,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for variable, mask, _ in self.pruning_vars:
                 if not isinstance(variable.constraint, _MaskConstraint):
                     variable.constraint = _MaskConstraint(mask, variable.constraint)
-        layer_specs.attach_get_prunable_weights(self.layer)
         self._state_built = True
 
     def _granularity_for(self, spec):
