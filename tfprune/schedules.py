@@ -7,18 +7,12 @@ backend tensors; a Python or NumPy integer gives NumPy values computed on the
 host (no device op, no host round trip). Piecewise math uses `clip`/`where`,
 never a Python branch on a tensor.
 
-Determinism: the built-in schedules compute their values with correctly
-rounded float32 operations only (`+ - *`, comparisons, `floor_divide`, `min`,
-`max`, `where`) in a fixed order, so the host and the tensor path give the same
-bits on every backend and CPU, also under XLA and `jax.jit`. Powers are
-square-and-multiply; `pow` is used only for a non-integer `power` of
-`PolynomialDecay` and between pruning events of `ExponentialDecay` (values then
-agree to a few ulps). Two rewrites that XLA would make are written out so that
-it has nothing to rewrite: a division by a constant is a multiplication by its
-float32 reciprocal (`_fraction`), and `stop + (start - stop) * weight` is
-clipped at each step to the range it lies in anyway (`_interpolate`) so that
-neither TensorFlow's grappler (which reassociates constants) nor XLA (which
-fuses a multiply and an add into one FMA) changes its rounding.
+Determinism: the built-in schedules compute with `tfprune.exact`, correctly
+rounded float32 operations that no graph rewriter changes, so the host and the
+tensor path give the same bits on every backend and CPU, also under XLA and
+`jax.jit`. `pow` is used only for a non-integer `power` of `PolynomialDecay`
+and between pruning events of `ExponentialDecay` (values then agree to a few
+ulps).
 
 Subclass `PruningSchedule` and implement `__call__(step)` to write your own;
 the protected helpers `_should_prune_in_step`, `_validate_step` and
@@ -31,6 +25,8 @@ import warnings
 import keras
 import numpy as np
 from keras import ops
+
+from tfprune import exact
 
 _PACKAGE = "tfprune"
 
@@ -86,57 +82,6 @@ def _is_host_step(step):
 def _ops(step):
     """`keras.ops` for a tensor step; the same functions on NumPy for a host step."""
     return _HOST_OPS if _is_host_step(step) else ops
-
-
-def _fraction(xp, count, total):
-    """`count / total` in float32, for an integer tensor `0 <= count <= total`.
-
-    A multiplication by the float32 reciprocal of the static int `total`, rounded
-    up so that `total * reciprocal >= 1`: then `min(count * reciprocal, 1)` is
-    exactly 0 and 1 at the ends and within 2 ulps of the quotient between them.
-    (XLA rewrites `x / constant` into `x * (1 / constant)`, so a division would
-    not give the host's bits under `jit`.)
-    """
-    reciprocal = np.float32(1 / total)
-    while np.float32(total) * reciprocal < 1:
-        reciprocal = np.nextafter(reciprocal, np.float32(2))
-    return xp.minimum(xp.multiply(xp.cast(count, "float32"), reciprocal), np.float32(1))
-
-
-def _interpolate(xp, start, stop, weight):
-    """`stop + (start - stop) * weight` in float32: static ends, `0 <= weight <= 1`.
-
-    The weight, the product and the sum are clipped to the ranges they lie in
-    anyway (rounding is monotonic), so no value changes. The clips keep graph
-    rewriters from changing the rounding: TensorFlow's grappler moves constants
-    through products and sums (`c * (a * b)` -> `a * (c * b)`, and in the
-    caller's `1 - sparsity`, `1 - (stop + x)` -> `(1 - stop) - x`), and XLA
-    fuses a multiply and the add after it into one FMA, which rounds once
-    instead of twice (and so differs between CPUs with and without FMA).
-    """
-    stop, c = np.float32(stop), np.float32(start - stop)
-    zero, ends = np.float32(0), (stop, stop + c)
-    term = xp.multiply(c, xp.clip(weight, zero, np.float32(1)))
-    total = xp.add(stop, xp.clip(term, min(c, zero), max(c, zero)))
-    return xp.clip(total, min(ends), max(ends))
-
-
-def _static_power(xp, x, power):
-    """`x ** power` for a static Python number `power > 0`.
-
-    `x ** floor(power)` by square-and-multiply over the bits of the integer, a
-    fixed sequence of float32 multiplies; times `pow(x, frac(power))` only when
-    `power` is not an integer.
-    """
-    whole = int(power)
-    result = None if power == whole else xp.power(x, np.float32(power - whole))
-    while whole:
-        if whole & 1:
-            result = x if result is None else xp.multiply(result, x)
-        whole >>= 1
-        if whole:
-            x = xp.multiply(x, x)
-    return result
 
 
 def _to_step(step):
@@ -329,8 +274,8 @@ class ConstantSparsity(_RangeSchedule):
         begin_step: first step at which to prune.
         end_step: last step at which to prune; -1 to prune forever;
             `begin_step` for a one-off prune at `begin_step`.
-        frequency: prune every `frequency` steps; at most `end - begin` when
-            `end_step > begin_step`.
+        frequency: prune every `frequency` steps; a value larger than
+            `end - begin` warns (the schedule would prune only at `begin`).
     """
 
     _ARGS = ("target_sparsity", "begin_step", "end_step", "frequency")
@@ -381,7 +326,8 @@ class PolynomialDecay(_RangeSchedule):
         end_step: step at which `final_sparsity` is reached; must be
             > `begin_step` (TFMOT divides by zero when they are equal).
         power: exponent of the polynomial (3 is the cubic of Zhu & Gupta).
-        frequency: prune every `frequency` steps; at most `end - begin`.
+        frequency: prune every `frequency` steps; a value larger than
+            `end - begin` warns (the schedule would prune only at `begin`).
     """
 
     _ARGS = (
@@ -419,9 +365,9 @@ class PolynomialDecay(_RangeSchedule):
     def _sparsity(self, step):
         xp = _ops(step)
         span = self.end_step - self.begin_step
-        one_minus_p = _fraction(xp, xp.clip(self.end_step - step, 0, span), span)
-        decay = _static_power(xp, one_minus_p, self.power)
-        return _interpolate(xp, self.initial_sparsity, self.final_sparsity, decay)
+        one_minus_p = exact.fraction(xp, xp.clip(self.end_step - step, 0, span), span)
+        decay = exact.static_power(xp, one_minus_p, self.power)
+        return exact.interpolate(xp, self.initial_sparsity, self.final_sparsity, decay)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -458,8 +404,8 @@ class ExponentialDecay(_RangeSchedule):
             in (0, 1).
         begin_step: first pruning step.
         end_step: last pruning step, or -1 to prune forever.
-        frequency: prune every `frequency` steps; at most `end - begin` when
-            `end_step > begin_step`.
+        frequency: prune every `frequency` steps; a value larger than
+            `end - begin` warns (the schedule would prune only at `begin`).
         initial_sparsity: sparsity at `begin_step`, in [0, 1).
     """
 
@@ -499,20 +445,12 @@ class ExponentialDecay(_RangeSchedule):
         power = xp.where(
             xp.equal(rest, 0),
             np.float32(1),
-            xp.power(base, _fraction(xp, rest, self.frequency)),
+            xp.power(base, exact.fraction(xp, rest, self.frequency)),
         )
-        # times base ** events: square-and-multiply over the bits of `events`,
-        # with the squares base ** 2 ** i in float64 on the host, rounded once
-        square = float(base)
-        while 0 < np.float32(square) < 1:
-            odd = xp.equal(xp.mod(events, 2), 1)
-            power = xp.where(odd, xp.multiply(power, np.float32(square)), power)
-            events = xp.floor_divide(events, 2)
-            square *= square
-        if np.float32(square) == 0:  # the squares of the bits left are 0 in float32
-            power = xp.where(xp.greater(events, 0), np.float32(0), power)
+        # times base ** events (exact at every pruning event)
+        power = exact.multiply_by_integer_power(xp, power, base, events)
         # 1 - (1 - initial) * power, written as 1 + (initial - 1) * power
-        sparsity = _interpolate(xp, self.initial_sparsity, 1.0, power)
+        sparsity = exact.interpolate(xp, self.initial_sparsity, 1.0, power)
         return xp.minimum(np.float32(self.final_sparsity), sparsity)
 
 
@@ -583,8 +521,8 @@ class AGP(_RangeSchedule):
         xp = _ops(step)
         n = self.num_events
         k = xp.clip(xp.floor_divide(step - self.begin_step, self.frequency), 0, n)
-        decay = _static_power(xp, _fraction(xp, n - k, n), 3)
-        return _interpolate(xp, self.initial_sparsity, self.final_sparsity, decay)
+        decay = exact.static_power(xp, exact.fraction(xp, n - k, n), 3)
+        return exact.interpolate(xp, self.initial_sparsity, self.final_sparsity, decay)
 
 
 def get(identifier):
