@@ -342,9 +342,9 @@ def check_interpretable(layers):
 def has_prunable_weights(layer):
     """True if wrapping `layer` would prune something.
 
-    A built layer is answered from its weights; an unbuilt one from its type
-    (custom layers and unbuilt layers no rule describes: True, decided when
-    built).
+    Custom layers: yes. Known types: from the table. Other layers: from their
+    weights once they and their sublayers are built, else from their
+    sublayers (an unbuilt layer with no sublayers: no).
     """
     if is_custom_prunable(layer):
         return True
