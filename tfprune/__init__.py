@@ -4,10 +4,20 @@ A superset of TFMOT's `tfmot.sparsity.keras` API: change the import and keep
 the code.
 """
 
-from tfprune.api import prune_low_magnitude, prune_scope, strip_pruning
+from tfprune.allocation import SensitivityThreshold, Splicing
+from tfprune.api import (
+    collect_statistics,
+    prune,
+    prune_low_magnitude,
+    prune_scope,
+    strip_pruning,
+    update_masks,
+)
 from tfprune.callbacks import PruningSummaries, UpdatePruningStep
 from tfprune.layers import PrunableLayer
+from tfprune.lottery import rewind_weights, snapshot_weights
 from tfprune.policy import PruneForLatencyOnXNNPack, PruningPolicy
+from tfprune.pruner import Pruner
 from tfprune.schedules import (
     AGP,
     ConstantSparsity,
@@ -15,6 +25,7 @@ from tfprune.schedules import (
     PolynomialDecay,
     PruningSchedule,
 )
+from tfprune.scoring import Criterion
 from tfprune.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
@@ -22,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AGP",
     "ConstantSparsity",
+    "Criterion",
     "ExponentialDecay",
     "PolynomialDecay",
     "PrunableLayer",
@@ -29,9 +41,17 @@ __all__ = [
     "PruneLowMagnitude",
     "PruningPolicy",
     "PruningSchedule",
+    "Pruner",
     "PruningSummaries",
+    "SensitivityThreshold",
+    "Splicing",
     "UpdatePruningStep",
+    "collect_statistics",
+    "prune",
     "prune_low_magnitude",
     "prune_scope",
+    "rewind_weights",
+    "snapshot_weights",
     "strip_pruning",
+    "update_masks",
 ]

@@ -15,12 +15,15 @@ Example:
 
 import keras
 
-from tfprune import cloning, masking
+from tfprune import cloning, masking, scoring
+from tfprune import granularity as granularity_lib
 from tfprune import layers as layer_specs
+from tfprune import pruner as pruner_lib
 from tfprune import schedules as schedules_lib
 from tfprune.policy import PruningPolicy
+from tfprune.pruner import Pruner
 from tfprune.schedules import ConstantSparsity
-from tfprune.wrapper import PruneLowMagnitude
+from tfprune.wrapper import PruneLowMagnitude, collect_prunable_layers
 
 
 def prune_low_magnitude(
@@ -78,6 +81,179 @@ def prune_low_magnitude(
         "sparsity_m_by_n": sparsity_m_by_n,
     }
     masking.granularity_from_args(block_size, block_pooling_type, sparsity_m_by_n)
+    _check_policy(pruning_policy)
+
+    def wrap(layer):
+        return PruneLowMagnitude(layer, **params)
+
+    def applies_to(layer):
+        return layer_specs.has_prunable_weights(layer)
+
+    if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
+        return PruneLowMagnitude(to_prune, **params, **kwargs)
+    return _wrap(to_prune, wrap, applies_to, pruning_policy, "prune_low_magnitude")
+
+
+def prune(
+    to_prune,
+    pruning_schedule,
+    *,
+    criterion="magnitude",
+    granularity="element",
+    scope="layer",
+    layers=None,
+    pruning_policy=None,
+    min_sparsity=None,
+    max_sparsity=None,
+    reduction="mean",
+    seed=None,
+    block_size=(1, 1),
+    block_pooling_type="AVG",
+    sparsity_m_by_n=None,
+):
+    """Wraps a model (or layers) for pruning by any criterion, structure and scope.
+
+    The general entry point of the engine (see `tfprune.Pruner`); it returns
+    the same kind of wrapped model as `prune_low_magnitude`, so
+    `UpdatePruningStep`, `strip_pruning`, saving and summaries work unchanged.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+    ...                           keras.layers.Dense(4)])
+    >>> pruned = prune(model, ConstantSparsity(0.9, 0), scope="global")
+    >>> [layer.pruner.scope for layer in pruned.layers]
+    [Global(), Global()]
+
+    Args:
+        to_prune: a Sequential or Functional `keras.Model` (KerasHub backbones
+            included), a layer or a list of layers.
+        pruning_schedule: when and how much (`PruningSchedule`); None: masks
+            change only when `tfprune.update_masks(model, sparsity)` is called.
+        criterion: `"magnitude"`, `"random"`, `"taylor"`, `"movement"`,
+            `"apoz"`, `"activation_mean"`, or a `tfprune.Criterion`.
+        granularity: `"element"`, `"block"`, `"m_by_n"`, `"filter"`,
+            `"channel"`, `"row"`, `"column"`, `"head"`, or a `Granularity`.
+            Only layers with weights of that structure are wrapped.
+        scope: `"layer"`, `"global"`, `"lamp"`, `"erk"`, a `{layer name:
+            sparsity}` dict, or a `Scope` (`SensitivityThreshold`,
+            `Splicing`).
+        layers: names of the layers to prune, or a function `layer -> bool`
+            (default: every layer with prunable weights). Layers already
+            wrapped keep their pruner, so several calls give different
+            layers different pruners.
+        pruning_policy: a `PruningPolicy`, as in `prune_low_magnitude`.
+        min_sparsity: a float or `{layer name: float}`: the least a layer is
+            pruned.
+        max_sparsity: likewise, the most.
+        reduction: how a structure's score reduces its elements' scores:
+            `"mean"` (mean |w| for magnitude), `"sum"`, `"max"` or `"l2"`.
+        seed: seed of `criterion="random"`.
+        block_size, block_pooling_type: blocks of `granularity="block"`.
+        sparsity_m_by_n: `(m, n)` of `granularity="m_by_n"`.
+
+    Returns:
+        The wrapped model, layer or list.
+    """
+    pruner = Pruner(
+        pruning_schedule,
+        criterion=_criterion(criterion, seed),
+        granularity=_granularity(
+            granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n
+        ),
+        scope=scope,
+        min_sparsity=min_sparsity,
+        max_sparsity=max_sparsity,
+    )
+    _check_policy(pruning_policy)
+    selected = _layer_selector(layers)
+
+    def applies_to(layer):
+        if not selected(layer):
+            return False
+        if layer_specs.fully_built(layer):
+            return pruner.applies_to(layer)
+        return layer_specs.has_prunable_weights(layer)
+
+    def wrap(layer):
+        return PruneLowMagnitude(layer, pruner=pruner)
+
+    if isinstance(to_prune, keras.Model) and cloning.is_graph_model(to_prune):
+        _check_names(to_prune, layers, pruner)
+    if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
+        wrapped = wrap(to_prune)
+        pruner_lib.bind([wrapped])
+        return wrapped
+    result = _wrap(to_prune, wrap, applies_to, pruning_policy, "prune")
+    wrappers = (
+        [w for w in result if isinstance(w, PruneLowMagnitude)]
+        if isinstance(result, list)
+        else collect_prunable_layers(result)
+    )
+    pruner_lib.bind(wrappers)
+    return result
+
+
+def _criterion(criterion, seed):
+    if seed is not None:
+        if criterion != "random":
+            raise ValueError(
+                "Argument `seed` applies to criterion='random' only. "
+                f"Received: criterion={criterion!r}, seed={seed!r}"
+            )
+        return scoring.Random(seed)
+    return criterion
+
+
+def _granularity(granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n):
+    masking.granularity_from_args(block_size, block_pooling_type, sparsity_m_by_n)
+    if granularity == "element" and (tuple(block_size) != (1, 1) or sparsity_m_by_n):
+        return granularity_lib.from_tfmot_args(block_size, block_pooling_type, sparsity_m_by_n)
+    if isinstance(granularity, str) and granularity in ("filter", "channel", "row", "column", "head"):
+        return granularity_lib.GRANULARITIES[granularity](reduction)
+    if reduction != "mean":
+        raise ValueError(
+            "Argument `reduction` applies to structures (filter, channel, row, column, "
+            f"head). Received: granularity={granularity!r}, reduction={reduction!r}"
+        )
+    return granularity_lib.get(granularity, block_size, block_pooling_type, sparsity_m_by_n)
+
+
+def _layer_selector(layers):
+    if layers is None:
+        return lambda layer: True
+    if callable(layers):
+        return layers
+    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(
+            "Argument `layers` must be a list of layer names or a function "
+            f"`layer -> bool`. Received: layers={layers!r}"
+        )
+    names = set(layers)
+    return lambda layer: layer.name in names
+
+
+def _check_names(model, layers, pruner):
+    """Names given in `layers` or a per-layer dict must name layers of the model."""
+    known = {layer.name for layer in model._flatten_layers(include_self=False, recursive=True)}
+    known |= {layer.layer.name for layer in collect_prunable_layers(model)}
+    named = {}
+    if layers is not None and not callable(layers):
+        named["layers"] = list(layers)
+    for option in ("min_sparsity", "max_sparsity"):
+        if isinstance(getattr(pruner, option), dict):
+            named[option] = list(getattr(pruner, option))
+    if pruner.scope.layer_names is not None:
+        named["scope"] = list(pruner.scope.layer_names)
+    for argument, names in named.items():
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"Argument `{argument}` names layers that model '{model.name}' does "
+                f"not have: {unknown}. Its layers: {sorted(known)}"
+            )
+
+
+def _check_policy(pruning_policy):
     if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
         raise TypeError(
             "Argument `pruning_policy` must be a `tfprune.PruningPolicy` instance "
@@ -85,10 +261,14 @@ def prune_low_magnitude(
             f"{type(pruning_policy).__name__}"
         )
 
+
+def _wrap(to_prune, wrap, applies_to, pruning_policy, function):
+    """Wraps a list of layers or every prunable layer of a graph model."""
+
     def should_wrap(layer):
         if isinstance(layer, PruneLowMagnitude) or cloning.is_graph_model(layer):
             return False
-        if not layer.trainable or not layer_specs.has_prunable_weights(layer):
+        if not layer.trainable or not applies_to(layer):
             return False
         return pruning_policy is None or pruning_policy.allow_pruning(layer)
 
@@ -100,35 +280,89 @@ def prune_low_magnitude(
                     f"Received an element {layer!r}"
                 )
         layer_specs.check_interpretable(to_prune)  # all-or-nothing: validate first
-        return [
-            PruneLowMagnitude(layer, **params) if should_wrap(layer) else layer
-            for layer in to_prune
-        ]
+        return [wrap(layer) if should_wrap(layer) else layer for layer in to_prune]
 
     if isinstance(to_prune, keras.Model):
         if not cloning.is_graph_model(to_prune):
             raise ValueError(
                 f"Model '{to_prune.name}' is a subclassed model, which cannot be "
                 "cloned. Wrap its layers in its `__init__` instead, e.g. "
-                "`self.dense = tfprune.prune_low_magnitude(keras.layers.Dense(10))`."
+                f"`self.dense = tfprune.{function}(keras.layers.Dense(10))`."
             )
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
         layer_specs.check_interpretable(_unwrapped_layers(to_prune))
 
         def replace(copy, layer):
-            return PruneLowMagnitude(copy, **params) if should_wrap(layer) else copy
+            return wrap(copy) if should_wrap(layer) else copy
 
         return cloning.copy_model(to_prune, replace, weights_source=_inner_layer)
 
-    if isinstance(to_prune, keras.layers.Layer):
-        return PruneLowMagnitude(to_prune, **params, **kwargs)
-
     raise ValueError(
-        "`prune_low_magnitude` can only prune a keras.layers.Layer, a list of "
+        f"`{function}` can only prune a keras.layers.Layer, a list of "
         "layers, or a Sequential or Functional keras.Model. Received: "
         f"to_prune={to_prune!r} of type {type(to_prune).__name__}"
     )
+
+
+def update_masks(model, sparsity=None):
+    """Recomputes the masks of every pruning wrapper of `model` now.
+
+    One-shot pruning outside training (after `collect_statistics` for the
+    activation criteria, or between the rounds of iterative magnitude pruning):
+    each wrapper's pruner scores its weights and keeps what its scope says.
+    Stored weights are masked too.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> pruned = prune(model, None, scope="global")
+    >>> update_masks(pruned, 0.75)
+    >>> int(keras.ops.convert_to_numpy(pruned.layers[0].pruning_vars[0][1]).sum())
+    8
+
+    Args:
+        model: a pruned model (or a pruning wrapper).
+        sparsity: the target; None uses each schedule's value at the
+            wrapper's current step.
+    """
+    wrappers = collect_prunable_layers(model)
+    pruner_lib.update_masks(wrappers, sparsity)
+    for wrapper in wrappers:
+        wrapper.keep_stored_weights_sparse()
+
+
+def collect_statistics(model, data, steps=None):
+    """Runs `model` over calibration data so activation criteria can score.
+
+    For `criterion="apoz"` or `"activation_mean"`: every pruning wrapper
+    accumulates its layer's output statistics over the batches (inference
+    mode, no weights change). `update_masks(model, sparsity)` then prunes
+    by them; training continues to accumulate until the next mask update.
+
+    Args:
+        model: a pruned model.
+        data: an iterable of batches: inputs, or `(inputs, targets)` tuples.
+        steps: the number of batches to use (default: all).
+    """
+    wrappers = collect_prunable_layers(model)
+    if not any(w.pruner.criterion.needs_outputs for w in wrappers):
+        raise ValueError(
+            f"Model '{model.name}' has no pruning wrapper whose criterion uses "
+            "activations (criterion='apoz' or 'activation_mean')."
+        )
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"Argument `steps` must be a positive int or None. Received: steps={steps!r}")
+    for wrapper in wrappers:
+        wrapper._collecting = True
+    try:
+        for n, batch in enumerate(data):
+            if steps is not None and n >= steps:
+                break
+            inputs = batch[0] if isinstance(batch, tuple) else batch
+            model(inputs, training=False)
+    finally:
+        for wrapper in wrappers:
+            wrapper._collecting = False
 
 
 def _unwrapped_layers(model):

@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 
+from tfprune import pruner as pruner_lib
 from tfprune.wrapper import collect_prunable_layers
 
 
@@ -66,6 +67,8 @@ class UpdatePruningStep(keras.callbacks.Callback):
         newly_attached = any(
             not layer._step_callback_attached for layer in self.prunable_layers
         )
+        # Wrappers of one pruner act together (a global threshold).
+        newly_attached = pruner_lib.bind(self.prunable_layers) or newly_attached
         for layer in self.prunable_layers:
             layer._step_callback_attached = True
             layer._host_step = None  # read `pruning_step` again (it may have been set)
@@ -95,11 +98,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
         # `batch` is accepted for TFMOT's custom-loop idiom on_epoch_end(batch=-1).
         _check_model(self, "on_epoch_end")
         for layer in self.prunable_layers:
-            layer.apply_mask()
+            layer.keep_stored_weights_sparse()
 
     def on_train_end(self, logs=None):
         for layer in self.prunable_layers:
-            layer.apply_mask()
+            layer.keep_stored_weights_sparse()
         self._training = False
         self._set_training(False)
 

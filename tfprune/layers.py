@@ -271,6 +271,18 @@ def prunable_weights(layer):
     Each variable appears once (a weight shared by two sublayers is pruned
     once).
     """
+    return [(variable, spec) for variable, spec, _ in prunable_weights_with_owners(layer)]
+
+
+def holder(owner, spec):
+    """The layer holding a spec's variable: `owner` for `"kernel"`, the
+    `_query_dense` sublayer for `"_query_dense.kernel"`."""
+    path = spec.path.rsplit("/", 1)[-1]
+    return resolve(owner, path.rsplit(".", 1)[0]) if "." in path else owner
+
+
+def prunable_weights_with_owners(layer):
+    """`[(variable, WeightSpec, owner)]`: `owner` is the layer a rule described."""
     found, seen = [], set()
     for owner, prefix, specs in _walk(layer):
         if specs is None and not is_custom_prunable(owner):
@@ -287,7 +299,7 @@ def prunable_weights(layer):
             if id(variable) not in seen:
                 seen.add(id(variable))
                 path = f"{prefix}{spec.path}"
-                found.append((variable, dataclasses.replace(spec, path=path)))
+                found.append((variable, dataclasses.replace(spec, path=path), owner))
     return found
 
 

@@ -128,6 +128,40 @@ def threshold_mask(scores, sparsity):
     return ops.greater_equal(scores, threshold), threshold
 
 
+def top_k_mask(scores, k, eligible=None):
+    """Exactly the `k` largest of non-negative 1-D float32 `scores`.
+
+    Ties at the threshold are broken by position (lower index first), so the
+    count is exact even where many scores are equal (zeros of pruned weights).
+    With `eligible` (a boolean vector) only eligible entries are kept; fewer
+    than `k` eligible keeps all of them. Returns `(mask, threshold)`.
+
+    Example:
+    >>> mask, _ = top_k_mask(np.array([1.0, 0.0, 2.0, 0.0, 0.0], "float32"), 3)
+    >>> ops.convert_to_numpy(mask).astype(int).tolist()
+    [1, 1, 1, 0, 0]
+    """
+    scores = ops.cast(scores, "float32")
+    if eligible is not None:
+        scores = ops.where(eligible, scores, ops.zeros_like(scores))
+    k = ops.cast(k, "int32")
+    threshold = kth_largest(scores, ops.maximum(k, 1))
+    above = ops.greater(scores, threshold)
+    ties = ops.equal(scores, threshold)
+    if eligible is not None:
+        ties = ops.logical_and(ties, eligible)
+    room = k - ops.sum(ops.cast(above, "int32"))
+    tie_rank = ops.cumsum(ops.cast(ties, "int32"))
+    keep = ops.logical_or(above, ops.logical_and(ties, ops.less_equal(tie_rank, room)))
+    return ops.logical_and(keep, ops.greater(k, 0)), threshold
+
+
+def non_negative(scores):
+    """Signed scores shifted to start at 0 (order kept: rounding is monotone)."""
+    scores = ops.cast(scores, "float32")
+    return ops.subtract(scores, ops.min(scores))
+
+
 @dataclasses.dataclass(frozen=True)
 class Unstructured:
     """Element-wise granularity: each weight is kept or removed alone."""

@@ -32,15 +32,11 @@ import keras
 from keras import ops
 from keras.src.backend.common import stateless_scope as _stateless_scope
 
-from tfprune import backend, masking, scoring
+from tfprune import backend, granularity
 from tfprune import layers as layer_specs
+from tfprune import pruner as pruner_lib
 from tfprune import schedules as schedules_lib
 from tfprune.schedules import ConstantSparsity
-
-try:  # reading float32 weights inside a mixed-precision call
-    from keras.src.backend import AutocastScope as _AutocastScope
-except ImportError:  # pragma: no cover
-    from keras.src.backend.common.variables import AutocastScope as _AutocastScope
 
 MISSING_CALLBACK_MESSAGE = (
     "Layer '{name}' is a pruning wrapper being trained without the "
@@ -90,6 +86,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         sparsity_m_by_n: `(m, n)` for `m` zeros in every `n` consecutive
             weights along the input channel (e.g. `(2, 4)`); the pattern is
             computed once, at step `max(1, begin_step)` of the schedule.
+        pruner: a `tfprune.Pruner` deciding which weights, how many and
+            when (criterion, granularity, scope); it replaces the four
+            arguments above. `tfprune.prune` passes one.
         **kwargs: passed to `keras.layers.Layer` (e.g. `name`).
     """
 
@@ -100,6 +99,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         block_size=(1, 1),
         block_pooling_type="AVG",
         sparsity_m_by_n=None,
+        pruner=None,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer):
@@ -111,10 +111,30 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             raise ValueError(
                 f"Layer '{layer.name}' is already wrapped by PruneLowMagnitude."
             )
-        self.pruning_schedule = schedules_lib.get(pruning_schedule)
-        self.granularity = masking.granularity_from_args(
-            block_size, block_pooling_type, sparsity_m_by_n
-        )
+        if pruner is not None and not isinstance(pruner, pruner_lib.Pruner):
+            raise TypeError(
+                "Argument `pruner` must be a `tfprune.Pruner` or None. "
+                f"Received: pruner={pruner!r}"
+            )
+        self._tfmot_arguments = pruner is None
+        if pruner is not None and (
+            tuple(block_size) != (1, 1) or block_pooling_type != "AVG" or sparsity_m_by_n
+        ):
+            raise ValueError(
+                "Arguments `block_size`, `block_pooling_type` and `sparsity_m_by_n` "
+                "cannot be combined with `pruner` (give the pruner a granularity). "
+                f"Received: block_size={block_size!r}, block_pooling_type="
+                f"{block_pooling_type!r}, sparsity_m_by_n={sparsity_m_by_n!r}"
+            )
+        if pruner is None:
+            pruning_schedule = schedules_lib.get(pruning_schedule)
+            pruner = pruner_lib.Pruner(
+                pruning_schedule,
+                granularity=granularity.from_tfmot_args(
+                    block_size, block_pooling_type, sparsity_m_by_n
+                ),
+            )
+            pruner.keep_ties = True
         self.block_size = tuple(int(b) for b in block_size)
         self.block_pooling_type = block_pooling_type
         self.sparsity_m_by_n = (
@@ -129,11 +149,17 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if getattr(layer, "_input_shape_arg", None) is not None:
             self._input_shape_arg = layer._input_shape_arg
         self.supports_masking = layer.supports_masking
-        self.scorer = scoring.magnitude
         # References to variables and layers owned elsewhere are kept out of
         # Keras's tracking, or the layer's weights would be saved twice.
+        self._untracked("pruner", pruner)
         self._untracked("_pruning_vars", [])
         self._untracked("_swaps", [])
+        self._untracked("_probes", [])
+        self._untracked("_sigmas", [])
+        self._untracked("_selections", [])
+        self._untracked("_criterion_state", {})
+        self._untracked("_state_variables", [])
+        self._collecting = False
         self._state_built = False
         # Set by UpdatePruningStep: training is allowed, and what `training=None`
         # means inside `fit` (subclassed models whose `call` has no `training`).
@@ -239,9 +265,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if self._state_built:
             return
         layer_specs.check_interpretable([self.layer])
-        weights = layer_specs.prunable_weights(self.layer)
-        for variable, spec in weights:
-            self._granularity_for(spec).validate(variable.shape, variable.path)
+        weights = self.pruner.weights(self.layer)
+        self.pruner.granularity.validate([w for w, _ in weights], [s for _, s in weights])
         pruning_vars = []
         for variable, spec in weights:
             mask = self.add_weight(
@@ -277,7 +302,36 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             autocast=False,
             aggregation="only_first_replica",
         )
-        self._untracked("_specs", [spec for _, spec in weights])
+        specs = [spec for _, spec in weights]
+        self._untracked("_specs", specs)
+        state, selections, sigmas = self.pruner.build_state(
+            self, [w for w, _ in weights], specs
+        )
+        self._untracked("_criterion_state", state)
+        self._untracked("_selections", selections)
+        self._untracked("_sigmas", sigmas)
+        if self.pruner.criterion.needs_gradients:
+            # Keras writes each weight's raw gradient into its probe.
+            self._untracked(
+                "_probes",
+                [
+                    self.add_weight(
+                        name=f"{spec.name}_gradient",
+                        shape=variable.shape,
+                        initializer="zeros",
+                        dtype=variable.dtype,
+                        trainable=True,
+                        overwrite_with_gradient=True,
+                    )
+                    for variable, spec in weights
+                ],
+            )
+        self._untracked(
+            "_state_variables",
+            [v for v in keras.tree.flatten(state) if isinstance(v, keras.Variable)]
+            + list(sigmas)
+            + list(self._probes),
+        )
         swaps = []
         for variable, _, _ in self.pruning_vars:
             refs = _attribute_refs(self.layer, variable)
@@ -290,22 +344,30 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 )
             swaps.append(refs)
         self._untracked("_swaps", swaps)
-        if backend.constraints_may_read_variables():
+        if backend.constraints_may_read_variables() and not self.forward_only:
             for variable, mask, _ in self.pruning_vars:
                 if not isinstance(variable.constraint, _MaskConstraint):
                     variable.constraint = _MaskConstraint(mask, variable.constraint)
         self._state_built = True
 
-    def _granularity_for(self, spec):
-        g = self.granularity
-        if isinstance(g, masking.MByN):
-            return masking.MByN(
-                g.m,
-                g.n,
-                -2 if spec.in_axis is None else spec.in_axis,
-                -1 if spec.out_axis is None else spec.out_axis,
-            )
-        return g
+    @property
+    def pruning_schedule(self):
+        return self.pruner.pruning_schedule
+
+    @property
+    def forward_only(self):
+        """Masks apply to the forward pass only (splicing): stored weights stay."""
+        return self.pruner.scope.forward_only
+
+    def _set_pruner(self, pruner):
+        self._untracked("pruner", pruner)
+
+    def _scoring_values(self):
+        """The weights the criterion scores: masked, or stored ones when masks
+        apply to the forward pass only."""
+        if self.forward_only:
+            return [ops.convert_to_tensor(w.value) for w, _, _ in self.pruning_vars]
+        return [backend.masked(w.value, mask.value) for w, mask, _ in self.pruning_vars]
 
     # ------------------------------------------------------------------- call
     def call(self, *args, training=None, **kwargs):
@@ -316,13 +378,17 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self._create_pruning_state_unlocked()
             if not self._training_call(training):
                 return output
-        if self._training_call(training):
+        training_call = self._training_call(training)
+        if training_call:
             if not self._step_callback_attached:
                 raise ValueError(MISSING_CALLBACK_MESSAGE.format(name=self.name))
-            if self._advance_step():
-                self._update_masks()
+            if self._advance_step() and self.pruning_vars:
+                self.pruner.on_step(self)
         with self._masked_weights():
-            return self.layer(*args, **kwargs)
+            outputs = self.layer(*args, **kwargs)
+        if self.pruning_vars and (training_call or self._collecting):
+            self.pruner.observe(self, outputs, training_call)
+        return outputs
 
     def _training_call(self, training):
         """Whether this call prunes: a training call of a trainable layer.
@@ -368,73 +434,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self.pruning_step.assign(ops.maximum(self.pruning_step, 0) + 1)
         return True
 
-    def _pruning_decision(self, step):
-        if isinstance(self.granularity, masking.MByN):
-            first = max(1, int(getattr(self.pruning_schedule, "begin_step", 1)))
-            if isinstance(step, int):
-                return step == first, 0.0
-            return ops.equal(step, first), ops.convert_to_tensor(0.0, "float32")
-        return self.pruning_schedule(step)
-
-    def _update_masks(self):
-        if not self.pruning_vars:
-            return
-        if self._host_step is not None:
-            # The host counted the step: the schedule answers in NumPy.
-            should_prune, sparsity = self._pruning_decision(self._host_step)
-            if bool(should_prune):
-                self._assign_masks(self._recompute_masks(sparsity))
-            return
-        step = ops.convert_to_tensor(self.pruning_step)
-        should_prune, sparsity = self._pruning_decision(step)
-        should_prune = ops.convert_to_tensor(should_prune)
-
-        def keep():
-            return [
-                (ops.convert_to_tensor(mask.value), ops.convert_to_tensor(t.value))
-                for _, mask, t in self.pruning_vars
-            ]
-
-        if not backend.branches_may_assign():
-            # Select the new values in the branch, assign after it.
-            self._assign_masks(
-                ops.cond(should_prune, lambda: self._recompute_masks(sparsity), keep)
-            )
-        else:
-            # Assign inside the branch: steps without an update copy nothing.
-            ops.cond(
-                should_prune,
-                lambda: self._assign_masks(self._recompute_masks(sparsity)),
-                lambda: ops.convert_to_tensor(False),
-            )
-
-    def _recompute_masks(self, sparsity):
-        """New `(mask, threshold)` of every pruned weight at `sparsity`."""
-        new = []
-        with _AutocastScope(None):
-            for (weight, mask, _), spec in zip(self.pruning_vars, self._specs):
-                masked = backend.masked(weight.value, mask.value)
-                scores = ops.stop_gradient(self.scorer(masked))
-                new_mask, threshold = self._granularity_for(spec)(scores, sparsity)
-                new.append((ops.cast(new_mask, "bool"), ops.cast(threshold, "float32")))
-        return new
-
-    def _assign_masks(self, values):
-        for (_, mask, threshold), (new_mask, new_threshold) in zip(
-            self.pruning_vars, values
-        ):
-            mask.assign(new_mask)
-            threshold.assign(ops.reshape(new_threshold, ()))
-        return ops.convert_to_tensor(True)
-
     @contextlib.contextmanager
     def _masked_weights(self):
         """Runs the wrapped layer on `weight * mask` instead of `weight`."""
         saved = []
+        probes = self._probes or [None] * len(self._swaps)
         try:
-            for (weight, mask, _), refs in zip(self.pruning_vars, self._swaps):
+            for (weight, mask, _), refs, probe in zip(self.pruning_vars, self._swaps, probes):
                 value = weight.value  # autocast under mixed precision
                 masked = backend.masked(value, mask.value)
+                if self.forward_only:  # gradients reach pruned weights too
+                    masked = value + ops.stop_gradient(masked - value)
+                if probe is not None:  # zero, whose gradient is dL/d(masked)
+                    probe_value = probe.value
+                    masked = masked + (probe_value - ops.stop_gradient(probe_value))
                 if not refs:
                     weight.assign(backend.masked(weight.value, mask.value))
                 for owner, name in refs:
@@ -459,6 +472,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for weight, mask, _ in self.pruning_vars:
             weight.assign(backend.masked(weight.value, mask.value))
 
+    def keep_stored_weights_sparse(self):
+        """`apply_mask`, except where masks apply to the forward pass only."""
+        if not self.forward_only:
+            self.apply_mask()
+
     @property
     def prunable_weights(self):
         return [w for w, _, _ in self.pruning_vars]
@@ -478,7 +496,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def save_own_variables(self, store):
         if self._state_built:
-            self.apply_mask()  # a saved file is always sparse
+            self.keep_stored_weights_sparse()  # a saved file is sparse
         super().save_own_variables(store)
 
     def get_config(self):
@@ -493,6 +511,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "sparsity_m_by_n": self.sparsity_m_by_n,
             }
         )
+        if not self._tfmot_arguments:
+            config["pruner"] = keras.saving.serialize_keras_object(self.pruner)
         return config
 
     @classmethod
@@ -501,6 +521,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         layer = keras.saving.deserialize_keras_object(
             config.pop("layer"), custom_objects=custom_objects
         )
+        pruner = config.pop("pruner", None)
+        if isinstance(pruner, dict):
+            config["pruner"] = keras.saving.deserialize_keras_object(
+                pruner, custom_objects=custom_objects
+            )
         schedule = config.pop("pruning_schedule")
         if isinstance(schedule, dict):
             schedule = keras.saving.deserialize_keras_object(

@@ -1,0 +1,500 @@
+"""The pruner: the decision of which weights, how many and when.
+
+A `Pruner` composes the engine's pieces for one model:
+
+    step ──► schedule ──► (should_prune, target)
+    weights / gradients / activations ──► criterion ──► scores
+    scores ──► granularity ──► unit scores per selection
+    unit scores, target ──► scope ──► which units are kept ──► masks
+
+The pruning wrappers (`PruneLowMagnitude`) hold the state (masks,
+thresholds, step, the criterion's accumulators) and apply it; the pruner
+computes new values for that state at pruning steps. Every wrapper created
+by one `tfprune.prune` call shares one pruner (its `group`): a layer-wise
+scope updates each wrapper at its own call, a cross-layer scope (`"global"`,
+`"lamp"`, `"erk"`) updates all of them at once, on the first wrapper's call
+of the step, from every layer's scores.
+
+Example:
+>>> pruner = Pruner(ConstantSparsity(0.5, 0), criterion="magnitude", scope="global")
+>>> pruner.scope
+Global()
+"""
+
+import collections
+import uuid
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfprune import allocation, backend, masking, scoring
+from tfprune import granularity as granularity_lib
+from tfprune import schedules as schedules_lib
+from tfprune.schedules import ConstantSparsity  # noqa: F401 (docstring example)
+
+try:  # reading float32 weights inside a mixed-precision call
+    from keras.src.backend import AutocastScope as _AutocastScope
+except ImportError:  # pragma: no cover
+    from keras.src.backend.common.variables import AutocastScope as _AutocastScope
+
+SelectionInfo = collections.namedtuple("SelectionInfo", ["layer", "shape", "size"])
+
+
+def final_sparsity(schedule):
+    """The sparsity a built-in schedule ends at (None if it does not say)."""
+    for name in ("final_sparsity", "target_sparsity"):
+        if hasattr(schedule, name):
+            return float(getattr(schedule, name))
+    return None
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class Pruner:
+    """Which weights are pruned, how many and when, for one model.
+
+    Args:
+        pruning_schedule: a `PruningSchedule` (when and how much), or None:
+            masks change only when `tfprune.update_masks` is called.
+        criterion: `"magnitude"`, `"random"`, `"taylor"`, `"movement"`,
+            `"apoz"`, `"activation_mean"` or a `tfprune.Criterion`.
+        granularity: `"element"`, `"block"`, `"m_by_n"`, `"filter"`,
+            `"channel"`, `"row"`, `"column"`, `"head"` or a `Granularity`.
+        scope: `"layer"`, `"global"`, `"lamp"`, `"erk"`, a `{layer name:
+            sparsity}` dict, or a `Scope` (e.g. `SensitivityThreshold`).
+        min_sparsity: a float, or `{layer name: float}`: each layer prunes at
+            least this much.
+        max_sparsity: likewise, at most this much. Every weight keeps at
+            least one unit.
+        group: the name shared by the wrappers of one pruner (generated).
+    """
+
+    def __init__(
+        self,
+        pruning_schedule,
+        criterion="magnitude",
+        granularity="element",
+        scope="layer",
+        *,
+        min_sparsity=None,
+        max_sparsity=None,
+        group=None,
+    ):
+        self.pruning_schedule = (
+            None if pruning_schedule is None else schedules_lib.get(pruning_schedule)
+        )
+        self.criterion = scoring.get(criterion)
+        self.granularity = granularity_lib.get(granularity)
+        self.scope = allocation.get(scope)
+        self.min_sparsity = (
+            None if min_sparsity is None else allocation.per_layer("min_sparsity", min_sparsity)
+        )
+        self.max_sparsity = (
+            None if max_sparsity is None else allocation.per_layer("max_sparsity", max_sparsity)
+        )
+        self._check_combination()
+        self.group = group or f"pruner_{uuid.uuid4().hex[:12]}"
+        self.members = []
+        self._last_token = None
+        # prune_low_magnitude keeps every score tied at the threshold (TFMOT);
+        # the engine keeps exactly k, ties broken by position.
+        self.keep_ties = False
+
+    def _check_combination(self):
+        kind = self.scope.kind
+        if self.granularity.pattern and not isinstance(self.scope, allocation.LayerWise):
+            raise ValueError(
+                f"Granularity {self.granularity!r} fixes the sparsity of every weight, "
+                f"so it takes scope='layer' only. Received: scope={self.scope!r}"
+            )
+        if kind == "threshold":
+            if not isinstance(self.granularity, granularity_lib.Element) or not isinstance(
+                self.criterion, scoring.Magnitude
+            ):
+                raise ValueError(
+                    f"Scope {self.scope!r} thresholds weight magnitudes, so it takes "
+                    "criterion='magnitude' and granularity='element'. Received: "
+                    f"criterion={self.criterion!r}, granularity={self.granularity!r}"
+                )
+            if self.min_sparsity is not None or self.max_sparsity is not None:
+                raise ValueError(
+                    f"Scope {self.scope!r} sets no sparsity, so `min_sparsity` and "
+                    "`max_sparsity` do not apply. Received: "
+                    f"min_sparsity={self.min_sparsity!r}, max_sparsity={self.max_sparsity!r}"
+                )
+        if (
+            isinstance(self.scope, allocation.Explicit)
+            and self.pruning_schedule is not None
+            and not final_sparsity(self.pruning_schedule)
+        ):
+            raise ValueError(
+                "A `{layer name: sparsity}` scope follows the schedule's shape up to "
+                "its final sparsity, which this schedule does not state (no "
+                "`final_sparsity` or `target_sparsity` > 0). Received: "
+                f"pruning_schedule={self.pruning_schedule!r}"
+            )
+
+    # ------------------------------------------------------------ the layers
+    def applies_to(self, layer):
+        """Whether a built `layer` has weights this pruner would mask."""
+        if self.scope.layer_names is not None and layer.name not in self.scope.layer_names:
+            return False
+        return bool(self.granularity.weights(layer))
+
+    def weights(self, layer):
+        """`[(variable, WeightSpec)]` the wrapper of `layer` masks."""
+        return self.granularity.weights(layer)
+
+    def build_state(self, wrapper, weights, specs):
+        """Validates the weights and creates the wrapper's criterion state."""
+        self.granularity.validate(weights, specs)
+
+        def add_weight(name, shape, initializer):
+            return wrapper.add_weight(
+                name=name,
+                shape=tuple(shape),
+                initializer=initializer,
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+            )
+
+        state = self.criterion.build(add_weight, weights, specs)
+        selections = self.granularity.selections(weights, specs)
+        sigmas = []
+        if self.scope.kind == "threshold":
+            # sigma of each weight, measured at the first pruning step (-1: not yet)
+            sigmas = [
+                add_weight(f"{specs[s.scored[0]].name}_sigma", (), keras.initializers.Constant(-1.0))
+                for s in selections
+            ]
+        return state, selections, sigmas
+
+    # ------------------------------------------------------------ each step
+    def decision(self, step):
+        """`(should_prune, target sparsity)` at `step` (int or tensor)."""
+        if self.pruning_schedule is None:
+            if isinstance(step, int):
+                return False, 0.0
+            return ops.convert_to_tensor(False), ops.convert_to_tensor(0.0, "float32")
+        if self.granularity.pattern:  # the N:M pattern is chosen once
+            first = max(1, int(getattr(self.pruning_schedule, "begin_step", 1)))
+            if isinstance(step, int):
+                return step == first, 0.0
+            return ops.equal(step, first), ops.convert_to_tensor(0.0, "float32")
+        return self.pruning_schedule(step)
+
+    def _members_for(self, wrapper):
+        """The wrappers to update at this call: itself, or all once per step."""
+        if self.scope.per_layer:
+            return [wrapper]
+        token = wrapper._step_token()
+        if self._last_token is not None and self._last_token() is token:
+            return None
+        try:
+            self._last_token = weakref.ref(token)
+        except TypeError:  # pragma: no cover
+            self._last_token = None
+        members = [m for m in (self.members or [wrapper]) if m._state_built]
+        return members if wrapper in members else [wrapper]
+
+    def on_step(self, wrapper):
+        """Called by a wrapper at each training step: updates masks when due."""
+        members = self._members_for(wrapper)
+        if not members:
+            return
+        if wrapper._host_step is not None:
+            # The host counted the step: the schedule answers in NumPy.
+            should_prune, sparsity = self.decision(wrapper._host_step)
+            if bool(should_prune) and bool(self._ready(members)):
+                assign(self.compute(members, sparsity))
+            return
+        step = ops.convert_to_tensor(wrapper.pruning_step)
+        should_prune, sparsity = self.decision(step)
+        should_prune = ops.logical_and(
+            ops.convert_to_tensor(should_prune), ops.convert_to_tensor(self._ready(members))
+        )
+        variables = self.updated_variables(members)
+
+        def new_values():
+            values = dict((id(v), value) for v, value in self.compute(members, sparsity))
+            return [values[id(v)] for v in variables]
+
+        def old_values():
+            return [ops.convert_to_tensor(v.value) for v in variables]
+
+        if not backend.branches_may_assign():
+            # Select the new values in the branch, assign after it.
+            assign(list(zip(variables, ops.cond(should_prune, new_values, old_values))))
+        else:
+            # Assign inside the branch: steps without an update copy nothing.
+            ops.cond(
+                should_prune,
+                lambda: assign(list(zip(variables, new_values()))),
+                lambda: ops.convert_to_tensor(False),
+            )
+
+    def _ready(self, members):
+        ready = [self.criterion.ready(m._criterion_state) for m in members]
+        if all(r is True for r in ready):
+            return True
+        return ops.all(ops.stack([ops.convert_to_tensor(r) for r in ready]))
+
+    def observe(self, wrapper, outputs, training):
+        """Updates the criterion's statistics after a call of the layer.
+
+        Gradient statistics are taken in training calls only; activation
+        statistics also while `collect_statistics` runs.
+        """
+        criterion = self.criterion
+        if not (criterion.needs_gradients or criterion.needs_outputs):
+            return
+        if criterion.needs_gradients and not training:
+            return
+        gradients = None
+        if criterion.needs_gradients:
+            if not wrapper._probes:
+                return
+            gradients = [ops.convert_to_tensor(p.value) for p in wrapper._probes]
+        if criterion.needs_outputs:
+            outputs = keras.tree.flatten(outputs)[0]
+        with _AutocastScope(None):
+            weights = wrapper._scoring_values()
+            assign(criterion.update(wrapper._criterion_state, weights, gradients, outputs))
+
+    # -------------------------------------------------------- the new state
+    def updated_variables(self, members):
+        """Every variable `compute` assigns, in its order."""
+        found = []
+        for m in members:
+            found += [mask for _, mask, _ in m.pruning_vars]
+            found += [t for _, _, t in m.pruning_vars]
+            found += [v for v, _ in self.criterion.reset(m._criterion_state)]
+            found += list(m._sigmas)
+        return found
+
+    def compute(self, members, sparsity):
+        """`[(variable, new value)]`: masks, thresholds and reset statistics."""
+        entries = []  # (wrapper, selection, unit scores)
+        with _AutocastScope(None):
+            for m in members:
+                values = m._scoring_values()
+                scores = self.criterion.scores(values, m._criterion_state)
+                for j, selection in enumerate(m._selections):
+                    entries.append((m, j, selection, values, scores))
+            if self.granularity.pattern:
+                keeps = None
+            else:
+                units = [
+                    sel.unit_scores([scores[i] for i in sel.scored])
+                    for _, _, sel, _, scores in entries
+                ]
+                keeps, thresholds, sigma_updates = self._select(entries, units, sparsity)
+        updates = []
+        for n, (m, _, sel, _, scores) in enumerate(entries):
+            if keeps is None:
+                masks = sel.pattern([scores[i] for i in sel.scored])
+                threshold = ops.convert_to_tensor(0.0, "float32")
+            else:
+                masks = sel.expand(keeps[n])
+                threshold = thresholds[n]
+            for i, mask in zip(sel.masked, masks):
+                _, mask_var, threshold_var = m.pruning_vars[i]
+                updates.append((mask_var, ops.cast(mask, "bool")))
+                updates.append((threshold_var, ops.reshape(ops.cast(threshold, "float32"), ())))
+        if keeps is not None:
+            updates += sigma_updates
+        for m in members:
+            updates += self.criterion.reset(m._criterion_state)
+        return updates
+
+    def _select(self, entries, units, sparsity):
+        """Which units each selection keeps: `(keeps, thresholds, sigma updates)`."""
+        kind = self.scope.kind
+        infos = [
+            SelectionInfo(m.layer.name, sel.shape, sel.size) for m, _, sel, _, _ in entries
+        ]
+        if kind == "threshold":
+            return self._select_by_threshold(entries, units, infos)
+        if self.criterion.signed:
+            units = self._non_negative(units)
+        if kind == "ranking":
+            keeps, threshold = self._select_globally(units, infos, sparsity)
+            return keeps, [threshold] * len(units), []
+        final = None if self.pruning_schedule is None else final_sparsity(self.pruning_schedule)
+        keeps, thresholds = [], []
+        for u, info, s in zip(units, infos, self.scope.sparsities(infos, sparsity, final)):
+            s = self._capped(s, info.layer)
+            if self.keep_ties:  # TFMOT's rule: every score at the threshold stays
+                keep, threshold = masking.threshold_mask(u, s)
+            else:
+                keep, threshold = masking.top_k_mask(u, masking.keep_count(info.size, s))
+            keeps.append(keep)
+            thresholds.append(threshold)
+        return keeps, thresholds, []
+
+    def _non_negative(self, units):
+        if self.scope.per_layer:
+            return [masking.non_negative(u) for u in units]
+        lowest = ops.min(ops.stack([ops.min(u) for u in units]))
+        return [ops.subtract(ops.cast(u, "float32"), lowest) for u in units]
+
+    def _capped(self, sparsity, layer):
+        low = allocation.for_layer(self.min_sparsity, layer)
+        high = allocation.for_layer(self.max_sparsity, layer)
+        if low is None and high is None:
+            return sparsity
+        return ops.clip(
+            ops.cast(sparsity, "float32"),
+            0.0 if low is None else low,
+            0.999999 if high is None else high,
+        )
+
+    def _select_globally(self, units, infos, sparsity):
+        """One exact top-k over every unit, with per-layer caps."""
+        units = [self.scope.transform(u) for u in units]
+        forced, allowed = [], []
+        for u, info in zip(units, infos):
+            high = allocation.for_layer(self.max_sparsity, info.layer)
+            low = allocation.for_layer(self.min_sparsity, info.layer)
+            if high is None:  # every weight keeps its best unit
+                forced.append(ops.cast(ops.one_hot(ops.argmax(u), info.size), "bool"))
+            else:
+                forced.append(masking.top_k_mask(u, masking.keep_count(info.size, high))[0])
+            if low is not None:
+                allowed.append(masking.top_k_mask(u, masking.keep_count(info.size, low))[0])
+            else:
+                allowed.append(ops.ones((info.size,), "bool"))
+        flat = ops.concatenate([ops.cast(u, "float32") for u in units])
+        forced_flat = ops.concatenate(forced)
+        eligible = ops.logical_and(ops.concatenate(allowed), ops.logical_not(forced_flat))
+        total = masking.keep_count(int(flat.shape[0]), sparsity)
+        room = total - ops.sum(ops.cast(forced_flat, "int32"))
+        rest, threshold = masking.top_k_mask(flat, room, eligible)
+        keep = ops.logical_or(forced_flat, rest)
+        keeps, start = [], 0
+        for info in infos:
+            keeps.append(keep[start : start + info.size])
+            start += info.size
+        return keeps, threshold
+
+    def _select_by_threshold(self, entries, units, infos):
+        keeps, thresholds, updates = [], [], []
+        for (m, j, sel, values, _), u, info in zip(entries, units, infos):
+            sigma_var = m._sigmas[j]
+            weight = ops.cast(values[sel.scored[0]], "float32")
+            sigma = ops.where(
+                ops.less(sigma_var.value, 0.0), ops.std(weight), sigma_var.value
+            )
+            mask_var = m.pruning_vars[sel.masked[0]][1]
+            kept = ops.reshape(ops.convert_to_tensor(mask_var.value), (-1,))
+            keep = self.scope.keep(u, sigma, kept, info.layer)
+            best = ops.cast(ops.one_hot(ops.argmax(u), info.size), "bool")
+            keeps.append(ops.logical_or(keep, best))
+            thresholds.append(self.scope.threshold(sigma, info.layer))
+            updates.append((sigma_var, ops.reshape(sigma, ())))
+        return keeps, thresholds, updates
+
+    # ------------------------------------------------------------- config
+    def get_config(self):
+        return {
+            "pruning_schedule": (
+                None
+                if self.pruning_schedule is None
+                else keras.saving.serialize_keras_object(self.pruning_schedule)
+            ),
+            "criterion": keras.saving.serialize_keras_object(self.criterion),
+            "granularity": keras.saving.serialize_keras_object(self.granularity),
+            "scope": keras.saving.serialize_keras_object(self.scope),
+            "min_sparsity": self.min_sparsity,
+            "max_sparsity": self.max_sparsity,
+            "group": self.group,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("pruning_schedule", "criterion", "granularity", "scope"):
+            if isinstance(config.get(key), dict) and "class_name" in config[key]:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def __repr__(self):
+        return (
+            f"Pruner({self.pruning_schedule!r}, criterion={self.criterion!r}, "
+            f"granularity={self.granularity!r}, scope={self.scope!r})"
+        )
+
+
+def assign(pairs):
+    """Assigns `[(variable, value)]`; returns a tensor (for `cond` branches)."""
+    for variable, value in pairs:
+        variable.assign(value)
+    return ops.convert_to_tensor(True)
+
+
+def bind(wrappers):
+    """Gives the wrappers of one pruner (same `group`) one shared `Pruner`.
+
+    Wrappers loaded from a file each hold a copy of their pruner; a pruner
+    that ranks across layers needs them together. Returns True when anything
+    changed (a compiled step must then be traced again).
+    """
+    groups, changed = {}, False
+    for wrapper in wrappers:
+        pruner = groups.setdefault(wrapper.pruner.group, wrapper.pruner)
+        if wrapper.pruner is not pruner:
+            wrapper._set_pruner(pruner)
+            changed = True
+    for pruner in groups.values():
+        members = [w for w in wrappers if w.pruner is pruner]
+        if [id(m) for m in pruner.members] != [id(m) for m in members]:
+            pruner.members = members
+            changed = True
+    return changed
+
+
+def update_masks(wrappers, sparsity=None):
+    """Recomputes every mask now (outside training), eagerly.
+
+    `sparsity` overrides the schedule's target; None uses the schedule's
+    value at each wrapper's current step.
+    """
+    if sparsity is not None:
+        allocation.per_layer("sparsity", sparsity)  # a float in [0, 1)
+        if isinstance(sparsity, dict):
+            raise TypeError(f"Argument `sparsity` must be a float. Received: sparsity={sparsity!r}")
+    bind(wrappers)
+    done = set()
+    for wrapper in wrappers:
+        pruner = wrapper.pruner
+        if not wrapper._state_built:
+            continue
+        members = [wrapper] if pruner.scope.per_layer else [
+            m for m in pruner.members if m._state_built
+        ]
+        key = tuple(id(m) for m in members)
+        if key in done:
+            continue
+        done.add(key)
+        target = sparsity
+        if target is None:
+            if pruner.pruning_schedule is None:
+                if pruner.scope.kind == "budget" and not isinstance(pruner.scope, allocation.Explicit):
+                    raise ValueError(
+                        "Argument `sparsity` is needed: the pruner has no schedule. "
+                        "Received: sparsity=None"
+                    )
+                target = 0.0
+            else:
+                step = max(int(ops.convert_to_numpy(wrapper.pruning_step)), 0)
+                target = pruner.pruning_schedule(step)[1]
+        if not bool(pruner._ready(members)):
+            raise ValueError(
+                f"Criterion {pruner.criterion!r} has no statistics yet for layer "
+                f"'{wrapper.layer.name}': it needs gradients (train a few steps) or "
+                "activations (`tfprune.collect_statistics(model, data)`) first."
+            )
+        assign(pruner.compute(members, np.float32(target)))
