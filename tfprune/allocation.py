@@ -124,16 +124,19 @@ def per_layer(name, value, low=0.0, high=1.0):
                     f"Argument `{name}` must map layer names (str) to values. "
                     f"Received key {key!r} in {name}={value!r}"
                 )
-            _check_range(name, item, low, high)
+            _check_range(name, item, low, high, shown=value)
         return {k: float(v) for k, v in value.items()}
     return _check_range(name, value, low, high)
 
 
-def _check_range(name, value, low, high):
+def _check_range(name, value, low, high, shown=None):
+    shown = value if shown is None else shown
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"Argument `{name}` must be a number or a dict of numbers. Received: {name}={value!r}")
+        raise TypeError(
+            f"Argument `{name}` must be a number or a dict of numbers. Received: {name}={shown!r}"
+        )
     if not low <= float(value) < high:
-        raise ValueError(f"Argument `{name}` must be in [{low}, {high}). Received: {name}={value!r}")
+        raise ValueError(f"Argument `{name}` must be in [{low}, {high}). Received: {name}={shown!r}")
     return float(value)
 
 

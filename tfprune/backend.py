@@ -42,6 +42,20 @@ def histogram(ids, length):
     return ops.cast(ops.segment_sum(ops.ones_like(ids), ids, num_segments=length), "int32")
 
 
+def read(variable):
+    """The current value of a Keras variable as a tensor.
+
+    `keras.ops.convert_to_tensor` hands TensorFlow variables back as they
+    are, and a few ops (`moveaxis`) do not take them.
+    """
+    value = variable.value
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(value)
+    return value
+
+
 def masked(value, mask):
     """`value` where the boolean `mask` is True, else 0 (gradient: `grad * mask`).
 

@@ -28,15 +28,17 @@ Example:
 ['dense/bias', 'dense/kernel']
 """
 
+import keras  # noqa: F401 (docstring example)
 import numpy as np
 from keras import ops
 
 from tfprune import backend
+from tfprune import layers as layer_specs
 from tfprune.wrapper import collect_prunable_layers
 
 
 class WeightSnapshot:
-    """Copies of a model's weights by path (`snapshot.values[path]`)."""
+    """Copies of a model's weights by name (`snapshot.values["dense/kernel"]`)."""
 
     def __init__(self, values):
         self.values = values
@@ -62,18 +64,34 @@ def _pruning_state(model):
     return state, masks, stored_only
 
 
+def _walk(layer, prefix, state, found):
+    """`found[name] = variable` for every weight under `layer`, named by the
+    layer names leading to it (pruning wrappers skipped: `dense/kernel`)."""
+    from tfprune.wrapper import PruneLowMagnitude
+
+    if isinstance(layer, PruneLowMagnitude):
+        _walk(layer.layer, prefix, state, found)
+        return
+    name = f"{prefix}{layer.name}/"
+    for variable in layer_specs._own_weights(layer):
+        if id(variable) in state or any(v is variable for v in found.values()):
+            continue
+        key = f"{name}{variable.name}"
+        if key in found:
+            raise ValueError(
+                f"Two weights are named '{key}'; give the layers unique names "
+                "to snapshot them."
+            )
+        found[key] = variable
+    for sub in layer_specs.sublayers(layer):
+        _walk(sub, name, state, found)
+
+
 def _weights(model):
     state, masks, _ = _pruning_state(model)
     found = {}
-    for variable in model.weights:
-        if id(variable) in state:
-            continue
-        if variable.path in found and found[variable.path] is not variable:
-            raise ValueError(
-                f"Model '{model.name}' has two weights with the path "
-                f"'{variable.path}'; give its layers unique names to snapshot it."
-            )
-        found[variable.path] = variable
+    for layer in layer_specs.sublayers(model):
+        _walk(layer, "", state, found)
     return found, masks
 
 
@@ -91,7 +109,8 @@ def rewind_weights(model, snapshot):
     Pruned weights stay exactly zero (the snapshot's values are masked);
     masks, steps and criterion statistics are not touched, nor is the
     optimizer's state. The snapshot may come from the model before it was
-    pruned: weights are matched by path (`dense/kernel`).
+    pruned: weights are matched by the names of the layers holding them
+    (`dense/kernel`; a pruning wrapper adds no level).
 
     Raises:
         ValueError: a weight of the snapshot is missing from the model or has

@@ -223,7 +223,7 @@ class Pruner:
             return [values[id(v)] for v in variables]
 
         def old_values():
-            return [ops.convert_to_tensor(v.value) for v in variables]
+            return [backend.read(v) for v in variables]
 
         if not backend.branches_may_assign():
             # Select the new values in the branch, assign after it.
@@ -257,7 +257,7 @@ class Pruner:
         if criterion.needs_gradients:
             if not wrapper._probes:
                 return
-            gradients = [ops.convert_to_tensor(p.value) for p in wrapper._probes]
+            gradients = [backend.read(p) for p in wrapper._probes]
         if criterion.needs_outputs:
             outputs = keras.tree.flatten(outputs)[0]
         with _AutocastScope(None):
@@ -386,10 +386,10 @@ class Pruner:
             sigma_var = m._sigmas[j]
             weight = ops.cast(values[sel.scored[0]], "float32")
             sigma = ops.where(
-                ops.less(sigma_var.value, 0.0), ops.std(weight), sigma_var.value
+                ops.less(backend.read(sigma_var), 0.0), ops.std(weight), backend.read(sigma_var)
             )
             mask_var = m.pruning_vars[sel.masked[0]][1]
-            kept = ops.reshape(ops.convert_to_tensor(mask_var.value), (-1,))
+            kept = ops.reshape(backend.read(mask_var), (-1,))
             keep = self.scope.keep(u, sigma, kept, info.layer)
             best = ops.cast(ops.one_hot(ops.argmax(u), info.size), "bool")
             keeps.append(ops.logical_or(keep, best))
@@ -467,7 +467,7 @@ def update_masks(wrappers, sparsity=None):
         if isinstance(sparsity, dict):
             raise TypeError(f"Argument `sparsity` must be a float. Received: sparsity={sparsity!r}")
     bind(wrappers)
-    done = set()
+    jobs, done = [], set()
     for wrapper in wrappers:
         pruner = wrapper.pruner
         if not wrapper._state_built:
@@ -482,7 +482,9 @@ def update_masks(wrappers, sparsity=None):
         target = sparsity
         if target is None:
             if pruner.pruning_schedule is None:
-                if pruner.scope.kind == "budget" and not isinstance(pruner.scope, allocation.Explicit):
+                if pruner.scope.kind != "threshold" and not isinstance(
+                    pruner.scope, allocation.Explicit
+                ):
                     raise ValueError(
                         "Argument `sparsity` is needed: the pruner has no schedule. "
                         "Received: sparsity=None"
@@ -497,4 +499,7 @@ def update_masks(wrappers, sparsity=None):
                 f"'{wrapper.layer.name}': it needs gradients (train a few steps) or "
                 "activations (`tfprune.collect_statistics(model, data)`) first."
             )
-        assign(pruner.compute(members, np.float32(target)))
+        jobs.append((pruner, members, np.float32(target)))
+    # Checked everything first: a failed call changes nothing.
+    for pruner, members, target in jobs:
+        assign(pruner.compute(members, target))

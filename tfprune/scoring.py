@@ -42,6 +42,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune.backend import read
+
 
 def magnitude(weight):
     """Magnitude saliency, `|w|` (Han et al., 2015): the default score."""
@@ -150,7 +152,7 @@ class Random(Criterion):
         return {"scores": variables}
 
     def scores(self, weights, state):
-        return [ops.convert_to_tensor(v.value) for v in state["scores"]]
+        return [read(v) for v in state["scores"]]
 
     def get_config(self):
         return {"seed": self.seed}
@@ -172,7 +174,7 @@ class _Accumulated(Criterion):
 
     def update(self, state, weights, gradients=None, outputs=None):
         return [
-            (acc, ops.add(acc.value, self.step_score(ops.cast(w, "float32"), ops.cast(g, "float32"))))
+            (acc, ops.add(read(acc), self.step_score(ops.cast(w, "float32"), ops.cast(g, "float32"))))
             for acc, w, g in zip(state["acc"], weights, gradients)
         ]
 
@@ -183,11 +185,11 @@ class _Accumulated(Criterion):
 
     def ready(self, state):
         # All-zero statistics (no gradient seen yet) cannot rank anything.
-        nonzero = [ops.any(ops.not_equal(acc.value, 0.0)) for acc in state["acc"]]
+        nonzero = [ops.any(ops.not_equal(read(acc), 0.0)) for acc in state["acc"]]
         return ops.any(ops.stack(nonzero))
 
     def scores(self, weights, state):
-        return [ops.convert_to_tensor(acc.value) for acc in state["acc"]]
+        return [read(acc) for acc in state["acc"]]
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
@@ -244,8 +246,8 @@ class _ChannelStatistic(Criterion):
         flat = ops.reshape(outputs, (-1, outputs.shape[-1]))
         rows = ops.cast(ops.shape(flat)[0], "float32")
         return [
-            (state["total"], ops.add(state["total"].value, ops.sum(self.statistic(flat), axis=0))),
-            (state["count"], ops.add(state["count"].value, rows)),
+            (state["total"], ops.add(read(state["total"]), ops.sum(self.statistic(flat), axis=0))),
+            (state["count"], ops.add(read(state["count"]), rows)),
         ]
 
     def reset(self, state):
@@ -255,10 +257,10 @@ class _ChannelStatistic(Criterion):
         ]
 
     def ready(self, state):
-        return ops.greater(state["count"].value, 0.0)
+        return ops.greater(read(state["count"]), 0.0)
 
     def scores(self, weights, state):
-        channel = ops.divide(state["total"].value, ops.maximum(state["count"].value, 1.0))
+        channel = ops.divide(read(state["total"]), ops.maximum(read(state["count"]), 1.0))
         out = []
         for w, axis in zip(weights, state["out_axes"]):
             shape = [1] * len(w.shape)

@@ -366,7 +366,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """The weights the criterion scores: masked, or stored ones when masks
         apply to the forward pass only."""
         if self.forward_only:
-            return [ops.convert_to_tensor(w.value) for w, _, _ in self.pruning_vars]
+            return [backend.read(w) for w, _, _ in self.pruning_vars]
         return [backend.masked(w.value, mask.value) for w, mask, _ in self.pruning_vars]
 
     # ------------------------------------------------------------------- call
