@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
-from helpers import assert_exact_sparsity, assert_same_predictions, step_of, wrappers
+from helpers import assert_exact_sparsity, assert_same_predictions, keep_count, step_of, wrappers
 
 import tfprune
 
@@ -171,3 +171,35 @@ def test_keras_hub_layers_in_a_users_model(tmp_path):
     assert_same_predictions(stripped.predict(x, verbose=0), expected)
     pruned.save(tmp_path / "pruned.keras")
     assert_same_predictions(keras.models.load_model(tmp_path / "pruned.keras").predict(x, verbose=0), expected)
+
+
+@pytest.mark.parametrize("scope", ["global", "erk"])
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_engine_scopes_over_a_backbone(name, scope):
+    backbone = BACKBONES[name]()
+    inputs = _inputs(backbone)
+    target = 0.8
+    pruned = tfprune.prune(backbone, tfprune.ConstantSparsity(target, 0, frequency=1), scope=scope)
+    assert type(pruned) is type(backbone)
+    assert len({id(w.pruner) for w in wrappers(pruned)}) == 1
+    _train(pruned, inputs, steps=1)
+    masks = [to_numpy(m) for w in wrappers(pruned) for _, m, _ in w.pruning_vars]
+    total, kept = sum(m.size for m in masks), sum(int(m.sum()) for m in masks)
+    per_weight = [1 - m.mean() for m in masks]
+    if scope == "global":
+        assert kept == keep_count(total, target)
+    else:  # ERK: the budgets sum to the target up to rounding per weight
+        assert abs(kept - (1 - target) * total) <= len(masks)
+    assert max(per_weight) - min(per_weight) > 0.1  # budgets differ between weights
+
+
+def test_head_granularity_on_a_bert_backbone():
+    backbone = BACKBONES["bert"]()
+    pruned = tfprune.prune(backbone, None, granularity="head")
+    tfprune.update_masks(pruned, 0.5)
+    blocks = wrappers(pruned)
+    assert len(blocks) == 2  # one per transformer block (its attention's heads)
+    for block in blocks:
+        bias = [to_numpy(m) for (_, m, _), s in zip(block.pruning_vars, block._specs)
+                if s.path.endswith("_query_dense.bias")][0]
+        assert bias.all(axis=1).tolist().count(True) == 1  # 1 of 2 heads kept

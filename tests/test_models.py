@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, only_backends, to_numpy
-from helpers import assert_exact_sparsity, assert_same_predictions, step_of, wrappers
+from helpers import assert_exact_sparsity, assert_same_predictions, keep_count, step_of, wrappers
 
 import tfprune
 
@@ -392,3 +392,26 @@ def test_unbuilt_sequential_with_an_lstm():
     assert len(_masks(pruned)) == 4
     for wrapper in wrappers(pruned):
         assert_exact_sparsity(wrapper, 0.5)
+
+
+@pytest.mark.parametrize("scope", ["global", "erk", "lamp"])
+def test_engine_scopes_over_a_model_with_an_lstm(scope):
+    model = keras.Sequential(
+        [keras.Input((6,), dtype="int32"), L.Embedding(30, 8, name="emb"),
+         L.LSTM(8, name="lstm"), L.Dense(3, name="out")]
+    )
+    pruned = tfprune.prune(model, tfprune.ConstantSparsity(0.75, 0, frequency=1), scope=scope)
+    x = np.random.default_rng(0).integers(0, 30, size=(8, 6)).astype("int32")
+    y = np.random.default_rng(1).integers(0, 3, size=(8,))
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    masks = {m.path: keras.ops.convert_to_numpy(m) for w in wrappers(pruned)
+             for _, m, _ in w.pruning_vars}
+    assert len(masks) == 4  # embeddings, both LSTM kernels, output kernel
+    total = sum(m.size for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    if scope == "erk":
+        assert abs(kept - 0.25 * total) <= len(masks)
+    else:
+        assert kept == keep_count(total, 0.75)
+    assert len({round(1 - m.mean(), 3) for m in masks.values()}) > 1
