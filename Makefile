@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
-	$(PIP) install -q -e ".[tensorflow-cpu,demo,test,jax]" $(TORCH)
+	$(PIP) install -q -e ".[tensorflow-cpu,demo,test,jax,plots]" $(TORCH)
 	# TFMOT is the reference the parity tests compare against. It pins the
 	# full `tensorflow` build; tensorflow-cpu provides the same module.
 	$(PIP) install -q --no-deps $(TFMOT_ORACLE)
@@ -44,6 +44,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/overhead.py
 	$(PY) bench/mask_update.py
 	$(PY) bench/memory.py
+	$(PY) bench/criteria.py
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check tfprune tests bench

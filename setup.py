@@ -23,6 +23,7 @@ setup(
         "tensorflow-cpu": ["tensorflow-cpu>=2.16", TENSORBOARD],
         "jax": ["jax"],
         "demo": ["scikit-learn"],
+        "plots": ["matplotlib"],
         "test": [
             "pytest",
             "pytest-xdist",
