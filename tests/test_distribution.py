@@ -98,14 +98,23 @@ def _keep(size, sparsity):
     return int(max(np.round(np.float32(size) * (np.float32(1) - np.float32(sparsity))), 1))
 
 
+GLOBAL = (
+    "tfprune.prune_low_magnitude(",
+    "lambda m, s: tfprune.prune(m, s, scope='global', criterion='taylor'))(",
+)
+
+
+@pytest.mark.parametrize("engine", [False, True], ids=["tfmot", "global-taylor"])
 @pytest.mark.parametrize(
     "script, needs",
     [(MIRRORED, "tensorflow"), (DATA_PARALLEL, "jax")],
     ids=["tf-mirrored", "jax-data-parallel"],
 )
-def test_pruning_under_data_parallelism(script, needs, tmp_path):
+def test_pruning_under_data_parallelism(script, needs, engine, tmp_path):
     if importlib.util.find_spec(needs) is None:
         pytest.skip(f"{needs} is not installed")
+    if engine:  # one global ranking over both layers, from gradients
+        script = script.replace(GLOBAL[0], "(" + GLOBAL[1])
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     out = subprocess.run(
@@ -116,11 +125,13 @@ def test_pruning_under_data_parallelism(script, needs, tmp_path):
     line = [row for row in out.stdout.splitlines() if row.startswith("RESULT ")][-1]
     first, resumed = json.loads(line[len("RESULT "):])
     schedule_at_4 = 0.8 + (0.0 - 0.8) * (1 - 4 / 8) ** 3
-    for layer in first:
-        assert layer["step"] == 4
-        assert layer["kept"] == _keep(layer["size"], schedule_at_4)
-        assert layer["replicas_equal"] and layer["stored_zero"]
-    for layer in resumed:  # the checkpoint restored under the strategy continues
-        assert layer["step"] == 8
-        assert layer["kept"] == _keep(layer["size"], 0.8)
-        assert layer["replicas_equal"] and layer["stored_zero"]
+    for layers, step, sparsity in [(first, 4, schedule_at_4), (resumed, 8, 0.8)]:
+        # the checkpoint restored under the strategy continues
+        for layer in layers:
+            assert layer["step"] == step
+            assert layer["replicas_equal"] and layer["stored_zero"]
+            if not engine:
+                assert layer["kept"] == _keep(layer["size"], sparsity)
+        if engine:
+            total = sum(layer["size"] for layer in layers)
+            assert sum(layer["kept"] for layer in layers) == _keep(total, sparsity)

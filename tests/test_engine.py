@@ -509,3 +509,44 @@ def test_update_masks_rejects_a_bad_sparsity_and_leaves_masks():
     with pytest.raises(ValueError, match="no schedule"):
         tfprune.update_masks(pruned)
     assert all(m.all() for m in masks_of(pruned).values())
+
+
+def test_scores_and_masks_can_be_read_at_any_step():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d")])
+    pruned = tfprune.prune(model, tfprune.ConstantSparsity(0.5, 0, frequency=100), criterion="taylor")
+    (wrapper,) = wrappers(pruned)
+    x, y = data((6,), n=16, classes=4)
+    compile_model(pruned, keras.optimizers.SGD(0.01))
+    fit(pruned, x, y, batch_size=8)  # 2 steps, no pruning step yet
+    scores = to_numpy(wrapper.importance_scores()[0])
+    assert scores.shape == (6, 4) and np.all(scores >= 0) and np.any(scores > 0)
+    assert to_numpy(wrapper.pruning_vars[0][1]).all()  # masks unchanged between pruning steps
+    fit(pruned, x, y, batch_size=8)
+    assert np.any(to_numpy(wrapper.importance_scores()[0]) != scores)  # scores moved on
+
+
+@pytest.mark.parametrize("setting", ["jit_compile", "steps_per_execution", "mixed_float16"])
+def test_global_taylor_under_xla_multi_step_and_mixed_precision(setting):
+    from conftest import BACKEND
+
+    compile_kwargs = {}
+    if setting == "jit_compile":
+        if BACKEND == "torch":
+            pytest.skip("torch.compile is slow to compile; covered by the TFMOT path")
+        compile_kwargs["jit_compile"] = True
+    if setting == "steps_per_execution":
+        if BACKEND == "torch":
+            pytest.skip("Keras allows steps_per_execution > 1 only on TF and JAX")
+        compile_kwargs["steps_per_execution"] = 4
+    if setting == "mixed_float16":
+        keras.config.set_dtype_policy("mixed_float16")
+    model = cnn()
+    schedule = tfprune.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, frequency=2)
+    pruned = tfprune.prune(model, schedule, scope="global", criterion="taylor")
+    x, y = data((8, 8, 3), n=64, classes=4)
+    compile_model(pruned, **compile_kwargs)
+    fit(pruned, x, y, batch_size=8)
+    masks = [to_numpy(m) for w in wrappers(pruned) for _, m, _ in w.pruning_vars]
+    assert all(int(to_numpy(w.pruning_step)) == 8 for w in wrappers(pruned))
+    total = sum(m.size for m in masks)
+    assert sum(int(m.sum()) for m in masks) == keep_count(total, 0.8)

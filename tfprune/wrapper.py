@@ -477,6 +477,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if not self.forward_only:
             self.apply_mask()
 
+    def importance_scores(self):
+        """The criterion's current scores of each pruned weight (any step).
+
+        Scores are what the next mask update ranks; they may change every
+        step while the masks (`pruning_vars`) change only at pruning steps.
+        """
+        if not self._state_built:
+            return []
+        return self.pruner.criterion.scores(self._scoring_values(), self._criterion_state)
+
     @property
     def prunable_weights(self):
         return [w for w, _, _ in self.pruning_vars]
