@@ -45,13 +45,11 @@ SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99]
 def worker(config):
     """Runs every (seed, method, sparsity) on one backend; returns accuracies."""
     import keras
-    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     import tfprune
     from tfprune.demo import build_cnn
-
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
