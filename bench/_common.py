@@ -23,12 +23,16 @@ RESULTS = os.path.join(HERE, "results")
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
 
 
-def worker_env(kind, backend=None):
-    """Environment of a worker: `kind` is "tfprune" or "tfmot"."""
+def worker_env(kind, backend=None, repo=None):
+    """Environment of a worker: `kind` is "tfprune" or "tfmot".
+
+    `repo`: a directory holding another `tfprune` package (an older version
+    to compare with), imported instead of this checkout's.
+    """
     env = dict(os.environ)
     env.update(_QUIET)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (REPO, HERE, env.get("PYTHONPATH", "")) if p
+        p for p in (repo, REPO, HERE, env.get("PYTHONPATH", "")) if p
     )
     if kind == "tfmot":
         env["TF_USE_LEGACY_KERAS"] = "1"
@@ -39,7 +43,24 @@ def worker_env(kind, backend=None):
     return env
 
 
-def run_worker(script, name, tag, config, kind, backend=None, timeout=1800):
+def checkout(ref):
+    """The `tfprune` package of git `ref`, extracted to a temporary directory."""
+    import tempfile
+
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    target = os.path.join(tempfile.gettempdir(), f"tfprune-{sha}")
+    if not os.path.isdir(os.path.join(target, "tfprune")):
+        os.makedirs(target, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", ref, "tfprune"], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+    return target, sha
+
+
+def run_worker(script, name, tag, config, kind, backend=None, timeout=1800, repo=None):
     """Runs `script --worker CONFIG_JSON` in a subprocess; returns its JSON.
 
     The worker writes its result to `config["out"]`. Its output goes to
@@ -59,7 +80,7 @@ def run_worker(script, name, tag, config, kind, backend=None, timeout=1800):
         try:
             proc = subprocess.run(
                 cmd,
-                env=worker_env(kind, backend),
+                env=worker_env(kind, backend, repo),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,

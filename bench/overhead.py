@@ -34,8 +34,12 @@ Commands (from the repository root):
 models are both compiled with `jit_compile=True` (Keras 3 leaves XLA off on
 CPU-only TensorFlow by default; the JAX backend always compiles with XLA).
 
+`--reference REF` adds, per backend, a run of the `tfprune` package of git
+ref REF (extracted to a temporary directory), so a change's effect on the
+overhead is measured in the same run as the code after it.
+
 `--ablate` adds a tfprune variant at f=1 whose mask recomputation is disabled
-(per-instance `_update_masks = no-op`), splitting the overhead into per-step
+(the pruner's per-step decision is a no-op), splitting the overhead into per-step
 bookkeeping (masked forward, constraint, step counter, schedule, cond) and the
 mask updates themselves.
 
@@ -153,7 +157,7 @@ def worker(cfg):
                 if variant.endswith("no_mask_update"):
                     for layer in model.layers:
                         if type(layer).__name__ == "PruneLowMagnitude":
-                            layer._update_masks = lambda: None
+                            layer.pruner.on_step = lambda wrapper: None
             compile_args = {"jit_compile": True} if cfg.get("jit_compile") else {}
             model.compile(
                 optimizer=keras.optimizers.Adam(1e-3),
@@ -232,6 +236,10 @@ def main():
         "--xla", action="store_true",
         help="add a TensorFlow-backend run compiled with jit_compile=True (XLA)",
     )  # fmt: skip
+    parser.add_argument(
+        "--reference", default=None,
+        help="git ref of tfprune to time beside this checkout (e.g. a commit before a change)",
+    )  # fmt: skip
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -271,6 +279,16 @@ def main():
         runs[f"tfprune[{label}]"] = C.run_worker(
             __file__, NAME, f"tfprune-{label}", cfg, "tfprune", backend
         )
+    if args.reference:
+        repo, sha = C.checkout(args.reference)
+        for backend in backends:
+            label = f"{backend}@{sha}"
+            cfg = dict(base, kind="tfprune", backend=backend, rounds=rounds_for(backend),
+                       ablate=False, jit_compile=False)  # fmt: skip
+            runs[f"tfprune[{label}]"] = C.run_worker(
+                __file__, NAME, f"tfprune-{label}", cfg, "tfprune", backend, repo=repo
+            )
+            labels.append(label)
     if not args.no_tfmot:
         cfg = dict(base, kind="tfmot", rounds=rounds_for("tensorflow"))
         runs["tfmot[tf_keras]"] = C.run_worker(__file__, NAME, "tfmot", cfg, "tfmot")

@@ -492,6 +492,7 @@ def test_different_pruners_on_different_layers_and_one_after_another():
         ({"max_sparsity": 1.0}, ValueError, r"max_sparsity=1.0"),
         ({"reduction": "median", "granularity": "filter"}, ValueError, r"reduction='median'"),
         ({"scope": tfprune.SensitivityThreshold(0.5), "granularity": "filter"}, ValueError, "granularity='element'"),
+        ({"granularity": "head"}, ValueError, r"No layer of 'sequential.*' has weights .*Head"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_touched(kwargs, error, match):

@@ -189,6 +189,12 @@ def prune(
         if isinstance(result, list)
         else collect_prunable_layers(result)
     )
+    if not any(w.pruner is pruner for w in wrappers):
+        raise ValueError(
+            f"No layer of {getattr(to_prune, 'name', 'the list')!r} has weights this pruner "
+            f"can prune (granularity={pruner.granularity!r}, layers={layers!r}, "
+            f"scope={pruner.scope!r})."
+        )
     pruner_lib.bind(wrappers)
     return result
 
