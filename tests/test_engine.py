@@ -146,7 +146,7 @@ def test_filter_granularity_zeroes_whole_output_channels_and_their_outputs():
     assert np.all(to_numpy(kernel)[..., pruned_channels] == 0)
     assert np.all(to_numpy(bias)[pruned_channels] == 0)
     # the layer's outputs of those channels are exactly zero
-    probe = keras.Model(pruned.inputs, pruned.get_layer(conv1.name).output)
+    probe = keras.Model(pruned.inputs[0], pruned.get_layer(conv1.name).output)
     out = to_numpy(probe(x))
     assert np.all(out[..., pruned_channels] == 0) and np.any(out[..., bmask] != 0)
     # ranked by mean |w| of the kernel slice (Distiller's L1-ranked pruner)

@@ -22,10 +22,10 @@ for round in range(1, rounds + 1):
 ```
 
 Example:
->>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+>>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")])
 >>> snap = snapshot_weights(model)
 >>> sorted(snap.values)
-['dense/bias', 'dense/kernel']
+['fc/bias', 'fc/kernel']
 """
 
 import keras  # noqa: F401 (docstring example)

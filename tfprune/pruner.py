@@ -360,7 +360,7 @@ class Pruner:
             high = allocation.for_layer(self.max_sparsity, info.layer)
             low = allocation.for_layer(self.min_sparsity, info.layer)
             if high is None:  # every weight keeps its best unit
-                forced.append(ops.cast(ops.one_hot(ops.argmax(u), info.size), "bool"))
+                forced.append(_best_unit(u, info.size))
             else:
                 forced.append(masking.top_k_mask(u, masking.keep_count(info.size, high))[0])
             if low is not None:
@@ -391,8 +391,7 @@ class Pruner:
             mask_var = m.pruning_vars[sel.masked[0]][1]
             kept = ops.reshape(backend.read(mask_var), (-1,))
             keep = self.scope.keep(u, sigma, kept, info.layer)
-            best = ops.cast(ops.one_hot(ops.argmax(u), info.size), "bool")
-            keeps.append(ops.logical_or(keep, best))
+            keeps.append(ops.logical_or(keep, _best_unit(u, info.size)))
             thresholds.append(self.scope.threshold(sigma, info.layer))
             updates.append((sigma_var, ops.reshape(sigma, ())))
         return keeps, thresholds, updates
@@ -426,6 +425,11 @@ class Pruner:
             f"Pruner({self.pruning_schedule!r}, criterion={self.criterion!r}, "
             f"granularity={self.granularity!r}, scope={self.scope!r})"
         )
+
+
+def _best_unit(unit_scores, size):
+    """A mask of the highest-scoring unit (the first of equals)."""
+    return ops.equal(ops.arange(size, dtype="int32"), ops.cast(ops.argmax(unit_scores), "int32"))
 
 
 def assign(pairs):
