@@ -126,18 +126,23 @@ def plot(summary, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, points in summary["methods"].items():
-        xs = [float(s) * 100 for s in points]
-        ys = [100 * v["mean"] for v in points.values()]
-        ax.plot(xs, ys, marker="o", label=method)
-    ax.axhline(100 * summary["dense_mean"], color="grey", linestyle="--", label="dense")
-    ax.set_xlabel("sparsity of the pruned weights (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Digits CNN: accuracy vs sparsity (mean over seeds)")
-    ax.set_ylim(bottom=max(0, min(ax.get_ylim()[0], 80)))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, zoom in zip(axes, (False, True)):
+        for method, points in summary["methods"].items():
+            xs = [float(s) * 100 for s in points]
+            ys = [100 * v["mean"] for v in points.values()]
+            ax.plot(xs, ys, marker="o", label=method)
+        ax.axhline(100 * summary["dense_mean"], color="grey", linestyle="--", label="dense")
+        ax.set_xlabel("sparsity of the pruned weights (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        if zoom:
+            ax.set_ylim(93, 99.5)
+            ax.set_xlim(88, 99.5)
+            ax.set_title("zoom: 90-99% sparsity")
+        else:
+            ax.set_title("Digits CNN: accuracy vs sparsity (mean over seeds)")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -167,8 +172,13 @@ def main(argv=None):
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
     parser.add_argument("--quick", action="store_true", help="1 seed, sparsities 0.9, 0.95, 0.98")
+    parser.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(os.path.join(_common.RESULTS, "criteria.json")) as f:
+            plot(json.load(f)["summary"], os.path.join(_common.RESULTS, "criteria.png"))
+        return
     if args.worker:
         config = json.loads(args.worker)
         _common.write_worker_result(config, worker(config))
