@@ -16,6 +16,7 @@ from tfprune.api import (
 from tfprune.callbacks import PruningSummaries, UpdatePruningStep
 from tfprune.layers import PrunableLayer
 from tfprune.lottery import rewind_weights, snapshot_weights
+from tfprune.oneshot import oneshot
 from tfprune.policy import PruneForLatencyOnXNNPack, PruningPolicy
 from tfprune.pruner import Pruner
 from tfprune.schedules import (
@@ -47,6 +48,7 @@ __all__ = [
     "Splicing",
     "UpdatePruningStep",
     "collect_statistics",
+    "oneshot",
     "prune",
     "prune_low_magnitude",
     "prune_scope",

@@ -1,0 +1,130 @@
+"""One-shot pruning of a trained model from calibration data.
+
+    pruned = tfprune.oneshot(model, calibration_data, sparsity=0.5, method="sparsegpt")
+
+Layers are pruned in the order the model calls them, each calibrated on the
+inputs the model produces *with the layers before it already pruned*; layers
+that read the same tensor (an attention block's query, key and value) share
+one pass. Statistics are accumulated batch by batch: one layer's `X^T X` at a
+time, never the model's activations. See `tfprune.oneshot.methods` for the
+formulas and `tfprune.oneshot.features` for how each layer type is read.
+
+Example:
+>>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+>>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+>>> pruned = oneshot(model, x, sparsity=0.5, method="wanda", verbose=0)
+>>> kernel = keras.ops.convert_to_numpy(pruned.layers[0].kernel)
+>>> (kernel == 0).sum(axis=0).tolist()  # every output keeps 4 of its 8 inputs
+[4, 4, 4, 4]
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfprune import cloning
+from tfprune.oneshot import calibration, features, methods
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def oneshot(
+    model,
+    calibration_data,
+    *,
+    sparsity=0.5,
+    method="sparsegpt",
+    sparsity_m_by_n=None,
+    dampening=0.01,
+    block_size=128,
+    inplace=False,
+    batch_size=32,
+    verbose=1,
+):
+    """Prunes a trained model in one shot, from calibration data.
+
+    Args:
+        model: a built Keras model (Sequential, Functional, KerasHub backbones
+            and task models; any model with `inplace=True`).
+        calibration_data: model inputs: a NumPy array or dict of arrays, a
+            tuple `(x, y)` (y ignored), a `tf.data.Dataset`, or an iterable of
+            batches.
+        sparsity: fraction of each layer's weights set to zero, in [0, 1).
+        method: `"magnitude"`, `"wanda"` or `"sparsegpt"`.
+        sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`: `m` zeros in every `n`
+            consecutive input weights of each output, instead of `sparsity`.
+        dampening: SparseGPT's `lambda / mean(diag H)`, > 0.
+        block_size: SparseGPT's columns per block, >= 1.
+        inplace: prune `model` itself instead of a copy.
+        batch_size: rows per batch when `calibration_data` is one array.
+        verbose: 1 shows a progress bar over the layers.
+
+    Returns:
+        A plain Keras model of the same architecture (pruned weights exactly
+        0.0): a copy, or `model` with `inplace=True`.
+    """
+    _check(sparsity, method, sparsity_m_by_n, dampening, block_size)
+    data = calibration.batches(calibration_data, batch_size)
+    if not inplace:
+        if not cloning.is_graph_model(model):
+            raise ValueError(
+                f"Model '{model.name}' is a subclassed model, which cannot be copied; "
+                "pass `inplace=True` to prune it in place."
+            )
+        model = cloning.copy_model(model, lambda copy, layer: copy)
+    candidates = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if layer.built and features.supported(layer)
+    ]
+    order = calibration.call_order(model, candidates, data[0])
+    progress = keras.utils.Progbar(len(order), verbose=verbose, unit_name="layer")
+    for group in _groups_by_input(order):
+        views = [features.view_of(layer) for layer in group]
+        stats = calibration.input_statistics(model, views, data)
+        for view in views:
+            gram, rows = stats[id(view.layer)]
+            _prune_layer(view, gram, rows, sparsity, method, sparsity_m_by_n, dampening, block_size)
+            progress.add(1)
+    return model
+
+
+def _groups_by_input(order):
+    """Consecutive layers that read the same tensor are calibrated together."""
+    found = []
+    for layer, input_id in order:
+        if found and found[-1][1] == input_id:
+            found[-1][0].append(layer)
+        else:
+            found.append(([layer], input_id))
+    return [layers for layers, _ in found]
+
+
+def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_size):
+    kernel = view.layer.kernel
+    W = view.to_matrix(np.asarray(ops.convert_to_numpy(kernel)))
+    width = view.group_width
+    if method == "magnitude":
+        new = methods.magnitude(W, sparsity, m_by_n, width)
+    elif method == "wanda":
+        new = methods.wanda(W, gram, sparsity, m_by_n, width)
+    else:
+        new = methods.sparsegpt(W, gram, rows, sparsity, m_by_n, width, dampening, block_size)
+    kernel.assign(view.from_matrix(new).astype(np.asarray(W).dtype))
+
+
+def _check(sparsity, method, m_by_n, dampening, block_size):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)):
+        raise TypeError(f"Argument `sparsity` must be a float in [0, 1). Received: sparsity={sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
+    if method not in METHODS:
+        raise ValueError(f"Argument `method` must be one of {METHODS}. Received: method={method!r}")
+    if m_by_n is not None:
+        from tfprune import masking
+
+        masking.granularity_from_args(sparsity_m_by_n=m_by_n)  # m < n, positive ints
+    if isinstance(dampening, bool) or not isinstance(dampening, (int, float)) or not dampening > 0:
+        raise ValueError(f"Argument `dampening` must be a float > 0. Received: dampening={dampening!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"Argument `block_size` must be an int >= 1. Received: block_size={block_size!r}")

@@ -1,0 +1,126 @@
+"""Calibration: batches of model inputs, call order, and input statistics.
+
+A layer's inputs are captured at any depth (inside KerasHub blocks too) by
+giving the layer instance its own `call` for the duration of a pass: Keras
+calls `self.call`, so the instance attribute sees every call, and removing it
+restores the class's method.
+
+Example:
+>>> [b.shape for b in batches(np.zeros((70, 3), "float32"), batch_size=32)]
+[(32, 3), (32, 3), (6, 3)]
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def batches(calibration_data, batch_size=32):
+    """The model inputs of `calibration_data`, as a list of batches.
+
+    Accepts a NumPy array (or a dict of arrays) of inputs, split into batches
+    of `batch_size` rows; a tuple `(x, y)` (y ignored); a `tf.data.Dataset`;
+    or an iterable of batches (arrays, dicts or `(x, y)` tuples).
+    """
+    data = calibration_data
+    if isinstance(data, tuple) and len(data) in (1, 2, 3) and not _is_batch_list(data):
+        data = data[0]
+    if isinstance(data, (np.ndarray, dict)) or hasattr(data, "shape"):
+        found = _split(data, batch_size)
+    elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes)):
+        found = []
+        for batch in data:
+            if isinstance(batch, (tuple, list)) and len(batch) in (1, 2, 3):
+                batch = batch[0]
+            found.append(keras.tree.map_structure(np.asarray, batch))
+    else:
+        found = []
+    if not found or _rows(found[0]) == 0:
+        raise ValueError(
+            "Argument `calibration_data` must hold at least one batch of model "
+            f"inputs. Received: calibration_data={_describe(calibration_data)}"
+        )
+    return found
+
+
+def _is_batch_list(data):
+    return all(isinstance(b, (tuple, list)) for b in data)
+
+
+def _rows(batch):
+    return len(keras.tree.flatten(batch)[0])
+
+
+def _split(data, batch_size):
+    data = keras.tree.map_structure(np.asarray, data)
+    rows = _rows(data)
+    return [
+        keras.tree.map_structure(lambda a, s=start: a[s : s + batch_size], data)
+        for start in range(0, rows, batch_size)
+    ]
+
+
+def _describe(data):
+    if hasattr(data, "shape"):
+        return f"array of shape {tuple(data.shape)}"
+    return repr(data)[:200]
+
+
+@contextlib.contextmanager
+def hooked(layers, hook):
+    """Calls `hook(layer, inputs)` before every call of each layer."""
+    try:
+        for layer in layers:
+            original = type(layer).call.__get__(layer)
+
+            def call(*args, __layer=layer, __original=original, **kwargs):
+                inputs = args[0] if args else next(iter(kwargs.values()))
+                hook(__layer, inputs)
+                return __original(*args, **kwargs)
+
+            object.__setattr__(layer, "call", call)
+        yield
+    finally:
+        for layer in layers:
+            if "call" in vars(layer):
+                object.__delattr__(layer, "call")
+
+
+def call_order(model, candidates, batch):
+    """`[(layer, id of its first input)]` in the order one forward pass calls them."""
+    seen = []
+
+    def record(layer, inputs):
+        if all(layer is not s for s, _ in seen):
+            seen.append((layer, id(inputs)))
+
+    with hooked(candidates, record):
+        model(_head(batch), training=False)
+    return seen
+
+
+def _head(batch, rows=2):
+    return keras.tree.map_structure(lambda a: a[:rows], batch)
+
+
+def input_statistics(model, views, data):
+    """`{layer id: (G, n)}`: `G = X^T X` of each layer's inputs over `data`."""
+    sums = {id(v.layer): [None, 0] for v in views}
+    by_layer = {id(v.layer): v for v in views}
+
+    def accumulate(layer, inputs):
+        rows = by_layer[id(layer)].to_rows(inputs)
+        gram = ops.matmul(ops.transpose(rows), rows)
+        entry = sums[id(layer)]
+        entry[0] = gram if entry[0] is None else ops.add(entry[0], gram)
+        entry[1] += int(rows.shape[0])
+
+    with hooked([v.layer for v in views], accumulate):
+        for batch in data:
+            model(batch, training=False)
+    return {
+        key: (np.asarray(ops.convert_to_numpy(g), dtype=np.float64), n)
+        for key, (g, n) in sums.items()
+    }

@@ -1,0 +1,143 @@
+"""A layer as a matrix product: its input features and its kernel as `(F, out)`.
+
+One-shot methods see every prunable layer as `Y = X @ W`: `X` has one row per
+calibration row / token / patch and one column per input feature, `W` is the
+kernel laid out `(features, outputs)`.
+
+- `Dense`: features are the last input axis; `W` is the kernel.
+- `EinsumDense`: features are the kernel axes whose letter the output lacks
+  (GPT-2's query kernel `(32, 2, 16)` has 32; its output projection
+  `(2, 16, 32)` has 2 x 16).
+- `Conv1D/2D/3D` (`groups=1`): features are the im2col patches, one per
+  (kernel position, input channel), in the order of `kernel.reshape(-1, out)`,
+  taken with `keras.ops.conv` and an identity kernel.
+
+Example:
+>>> dense = keras.layers.Dense(3)
+>>> dense.build((None, 4))
+>>> view = view_of(dense)
+>>> view.features, view.outputs
+(4, 3)
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@dataclasses.dataclass
+class LayerView:
+    """How one layer's inputs and kernel map to `X` and `W`."""
+
+    layer: keras.layers.Layer
+    features: int
+    outputs: int
+    to_rows: object  # inputs -> X (n, features)
+    to_matrix: object  # kernel value (NumPy) -> W (features, outputs)
+    from_matrix: object  # W -> kernel value
+    group_width: int  # input channels per kernel position (N:M groups restart there)
+    in_axis: int
+    out_axis: int
+
+
+def supported(layer):
+    """Whether one-shot pruning can treat `layer` as a matrix product."""
+    try:
+        view_of(layer)
+    except ValueError:
+        return False
+    return True
+
+
+def view_of(layer):
+    """The `LayerView` of a built Dense, EinsumDense or Conv layer."""
+    if isinstance(layer, keras.layers.EinsumDense):
+        return _einsum_view(layer)
+    if isinstance(layer, keras.layers.Dense):
+        shape = tuple(layer.kernel.shape)
+        return LayerView(
+            layer, shape[0], shape[1],
+            lambda x: ops.reshape(ops.cast(x, "float32"), (-1, shape[0])),
+            lambda k: k, lambda w: w, shape[0], 0, 1,
+        )  # fmt: skip
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) and not isinstance(
+        layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+    ):
+        return _conv_view(layer)
+    raise ValueError(
+        f"Layer '{layer.name}' of type {type(layer).__name__} is not a Dense, "
+        "EinsumDense or Conv1D/2D/3D layer."
+    )
+
+
+def _conv_view(layer):
+    if layer.groups != 1:
+        raise ValueError(f"Layer '{layer.name}': grouped convolutions (groups={layer.groups}) are not supported.")
+    shape = tuple(layer.kernel.shape)  # spatial..., in, out
+    features = int(np.prod(shape[:-1]))
+    identity = np.eye(features, dtype="float32").reshape(shape[:-1] + (features,))
+
+    def to_rows(x):
+        patches = ops.conv(
+            ops.cast(x, "float32"),
+            ops.convert_to_tensor(identity),
+            strides=layer.strides,
+            padding=layer.padding,
+            data_format=layer.data_format,
+            dilation_rate=layer.dilation_rate,
+        )
+        if layer.data_format == "channels_first":
+            patches = ops.moveaxis(patches, 1, -1)
+        return ops.reshape(patches, (-1, features))
+
+    return LayerView(
+        layer, features, shape[-1], to_rows,
+        lambda k: k.reshape(features, shape[-1]), lambda w: w.reshape(shape),
+        shape[-2], -2, -1,
+    )  # fmt: skip
+
+
+def _einsum_view(layer):
+    equation = layer.equation.replace(" ", "")
+    inputs, rest = equation.split(",")
+    kernel, output = rest.split("->")
+    if "." in kernel:
+        raise ValueError(f"Layer '{layer.name}': equation {equation!r} has '...' in the kernel.")
+    contracted = [c for c in kernel if c in inputs and c not in output]
+    batched = [c for c in kernel if c in inputs and c in output]
+    if not contracted or batched:
+        raise ValueError(
+            f"Layer '{layer.name}': equation {equation!r} is not a plain matrix "
+            "product over the kernel's input axes."
+        )
+    shape = tuple(layer.kernel.shape)
+    kernel_in = [kernel.index(c) for c in contracted]
+    kernel_rest = [i for i in range(len(kernel)) if i not in kernel_in]
+    features = int(np.prod([shape[i] for i in kernel_in]))
+    outputs = int(np.prod([shape[i] for i in kernel_rest]))
+    permutation = kernel_in + kernel_rest
+    inverse = list(np.argsort(permutation))
+    explicit = inputs.replace("...", "")
+
+    def to_rows(x):
+        rank = len(x.shape)
+        offset = rank - len(explicit)  # "..." fills the leading axes
+        axes = [offset + explicit.index(c) for c in contracted]
+        others = [a for a in range(rank) if a not in axes]
+        x = ops.transpose(ops.cast(x, "float32"), others + axes)
+        return ops.reshape(x, (-1, features))
+
+    def to_matrix(k):
+        return np.transpose(k, permutation).reshape(features, outputs)
+
+    def from_matrix(w):
+        return np.transpose(w.reshape([shape[i] for i in permutation]), inverse)
+
+    in_axis = kernel_in[-1]
+    out_axis = kernel_rest[-1] if kernel_rest else in_axis
+    return LayerView(
+        layer, features, outputs, to_rows, to_matrix, from_matrix, shape[in_axis],
+        in_axis, out_axis,
+    )  # fmt: skip

@@ -1,0 +1,154 @@
+"""One-shot pruning of one layer, `W` laid out `(features, outputs)`.
+
+Each method gets the layer's kernel as a matrix and the statistics of its
+inputs over the calibration data, `G = X^T X` (summed over `n` rows), and
+returns the pruned matrix. Counts are exact: of `size` weights (a layer, an
+output unit, or a block), `size - keep_count(size, sparsity)` are pruned, ties
+broken by position, so `sparsity=0` changes nothing.
+
+- `magnitude`: the smallest `|W_ij|` of the layer.
+- `wanda` (Sun et al., 2023): `|W_ij| * ||X_i||_2`, compared within each output
+  unit `j`, so every output keeps the same number of inputs.
+- `sparsegpt` (Frantar & Alistarh, 2023): `H = 2/n X^T X + lambda I`
+  (`lambda = dampening * mean(diag H)`; inputs never active get a unit
+  diagonal and zero weights), `U` the upper Cholesky factor of `H^-1`. Input
+  features are processed in blocks; in a block the weights with the smallest
+  `w^2 / U_ii^2` are pruned, and each column's error `(w - q) / U_ii` is
+  spread over the block's later columns (`W[:, i:] -= err U[i, i:]`) and,
+  after the block, over every later column (`W[:, end:] -= Err U[block, end:]`),
+  so the layer's output on the calibration data is reconstructed.
+
+`m_by_n=(m, n)`: `m` zeros in every `n` consecutive input features of each
+output (groups restart at each kernel position of a convolution, as in
+`tfprune.masking.MByN`), instead of a sparsity.
+
+Example:
+>>> W = np.array([[1.0, -4.0], [3.0, 0.5]])
+>>> magnitude(W, 0.5).tolist()
+[[0.0, -4.0], [3.0, 0.0]]
+"""
+
+import numpy as np
+
+from tfprune.oneshot.features import LayerView  # noqa: F401 (documentation)
+
+
+def keep_count(size, sparsity):
+    """TFMOT's `max(round_half_even(size * (1 - s)), 1)` in float32."""
+    kept = np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))
+    return int(max(kept, 1))
+
+
+def lowest(scores, count):
+    """Boolean mask of the `count` lowest scores (ties: lower index first)."""
+    flat = scores.ravel()
+    mask = np.zeros(flat.size, bool)
+    if count > 0:
+        mask[np.argsort(flat, kind="stable")[:count]] = True
+    return mask.reshape(scores.shape)
+
+
+def groups(features, width, n):
+    """`(start, length)` of the N:M groups along the features.
+
+    Groups of `n` restart every `width` features (one kernel position's input
+    channels); the last group of a position may be shorter.
+    """
+    found = []
+    for base in range(0, features, width):
+        for start in range(base, base + width, n):
+            found.append((start, min(n, base + width - start)))
+    return found
+
+
+def _prune_groups(scores, mask, m_by_n, width):
+    """Marks the `m` lowest of every group of `n` per output (column)."""
+    m, n = m_by_n
+    for start, length in groups(scores.shape[0], width, n):
+        count = max(0, length - (n - m))  # a short group keeps up to n - m
+        if count:
+            block = scores[start : start + length]
+            order = np.argsort(block, axis=0, kind="stable")[:count]
+            np.put_along_axis(mask[start : start + length], order, True, axis=0)
+    return mask
+
+
+def magnitude(W, sparsity, m_by_n=None, width=None):
+    """The smallest `|W|` of the layer (or of each N:M group)."""
+    scores = np.abs(W)
+    if m_by_n:
+        mask = _prune_groups(scores, np.zeros(W.shape, bool), m_by_n, width or W.shape[0])
+    else:
+        mask = lowest(scores, W.size - keep_count(W.size, sparsity))
+    return np.where(mask, 0.0, W).astype(W.dtype)
+
+
+def wanda(W, G, sparsity, m_by_n=None, width=None):
+    """`|W_ij| * ||X_i||_2`, pruned within each output unit (column)."""
+    norms = np.sqrt(np.maximum(np.diag(G), 0.0))
+    scores = np.abs(W) * norms[:, None]
+    mask = np.zeros(W.shape, bool)
+    if m_by_n:
+        mask = _prune_groups(scores, mask, m_by_n, width or W.shape[0])
+    else:
+        count = W.shape[0] - keep_count(W.shape[0], sparsity)
+        if count:
+            order = np.argsort(scores, axis=0, kind="stable")[:count]
+            np.put_along_axis(mask, order, True, axis=0)
+    return np.where(mask, 0.0, W).astype(W.dtype)
+
+
+def _blocks(features, block_size, m_by_n, width):
+    """Column ranges of about `block_size` that never split an N:M group."""
+    if not m_by_n:
+        return [(s, min(s + block_size, features)) for s in range(0, features, block_size)]
+    found, start = [], 0
+    for group_start, length in groups(features, width, m_by_n[1]):
+        end = group_start + length
+        if end - start >= block_size or end == features:
+            found.append((start, end))
+            start = end
+    return found
+
+
+def sparsegpt(W, G, n, sparsity, m_by_n=None, width=None, dampening=0.01, block_size=128):
+    """SparseGPT's pruning with OBS reconstruction (see the module)."""
+    Wt = np.array(W, dtype=np.float64).T  # (outputs, features): rows are outputs
+    H = 2.0 * np.asarray(G, dtype=np.float64) / max(n, 1)
+    features = H.shape[0]
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    Wt[:, dead] = 0.0
+    H[np.diag_indices(features)] += dampening * np.mean(np.diag(H))
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # H^-1 = U^T U
+    width = width or features
+    group_at = {start: length for start, length in groups(features, width, m_by_n[1])} if m_by_n else {}
+    for start, end in _blocks(features, block_size, m_by_n, width):
+        W1 = Wt[:, start:end].copy()
+        U1 = U[start:end, start:end]
+        Q1 = np.zeros_like(W1)
+        Err1 = np.zeros_like(W1)
+        d = np.diag(U1)
+        if m_by_n:
+            pruned = np.zeros(W1.shape, bool)
+        else:
+            scores = W1**2 / d[None, :] ** 2
+            pruned = lowest(scores, W1.size - keep_count(W1.size, sparsity))
+        for i in range(end - start):
+            if m_by_n and (start + i) in group_at:
+                length = group_at[start + i]
+                m, n_ = m_by_n
+                count = max(0, length - (n_ - m))
+                if count:
+                    scores = W1[:, i : i + length] ** 2 / d[None, i : i + length] ** 2
+                    order = np.argsort(scores, axis=1, kind="stable")[:, :count]
+                    np.put_along_axis(pruned[:, i : i + length], order, True, axis=1)
+            w = W1[:, i]
+            q = np.where(pruned[:, i], 0.0, w)
+            Q1[:, i] = q
+            err = (w - q) / d[i]
+            W1[:, i:] -= np.outer(err, U1[i, i:])
+            Err1[:, i] = err
+        Wt[:, start:end] = Q1
+        Wt[:, end:] -= Err1 @ U[start:end, end:]
+    return Wt.T.astype(np.asarray(W).dtype)
