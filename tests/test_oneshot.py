@@ -303,3 +303,32 @@ def test_tiny_keras_hub_decoder_is_pruned_in_every_transformer_layer():
     assert seen == 2 * 6  # q, k, v, output, and the two feed-forward layers
     out = pruned(data)
     assert np.all(np.isfinite(to_numpy(out)))
+
+
+def test_owl_budgets_average_to_the_target_and_favour_outlier_layers():
+    X = correlated_inputs(n=256)
+    model = keras.Sequential(
+        [keras.Input((32,)), keras.layers.Dense(64, activation="relu", name="a"),
+         keras.layers.Dense(32, activation="relu", name="b"), keras.layers.Dense(8, name="c")]
+    )
+    # the oracle: each layer's outlier ratio on the dense model's inputs
+    inputs, h = {}, X.astype(np.float64)
+    for name in "abc":
+        layer = model.get_layer(name)
+        inputs[name] = h
+        h = h @ kernel_of(model, name) + to_numpy(layer.bias)
+        h = np.maximum(h, 0) if name != "c" else h
+    ratio = {}
+    for name in "abc":
+        scores = np.abs(kernel_of(model, name)) * np.sqrt((inputs[name] ** 2).sum(axis=0))[:, None]
+        ratio[name] = np.mean(scores > 5 * scores.mean())
+    pruned = tfprune.oneshot(model, X, sparsity=0.6, method="magnitude", scope="owl", verbose=0)
+    sizes = {n: kernel_of(model, n).size for n in "abc"}
+    zeros = {n: int((kernel_of(pruned, n) == 0).sum()) for n in "abc"}
+    assert abs(sum(zeros.values()) - 0.6 * sum(sizes.values())) <= 3  # rounding per layer
+    sparsity = {n: zeros[n] / sizes[n] for n in "abc"}
+    assert min(sparsity, key=sparsity.get) == max(ratio, key=ratio.get)  # most outliers keep most
+    assert max(sparsity, key=sparsity.get) == min(ratio, key=ratio.get)
+    assert max(sparsity.values()) - min(sparsity.values()) <= 2 * 0.08 + 0.01
+    with pytest.raises(ValueError, match="scope='owl', sparsity_m_by_n"):
+        tfprune.oneshot(model, X, scope="owl", sparsity_m_by_n=(2, 4), verbose=0)

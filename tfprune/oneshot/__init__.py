@@ -37,6 +37,8 @@ def oneshot(
     sparsity_m_by_n=None,
     dampening=0.01,
     block_size=128,
+    scope="layer",
+    owl=None,
     inplace=False,
     batch_size=32,
     verbose=1,
@@ -55,6 +57,10 @@ def oneshot(
             consecutive input weights of each output, instead of `sparsity`.
         dampening: SparseGPT's `lambda / mean(diag H)`, > 0.
         block_size: SparseGPT's columns per block, >= 1.
+        scope: `"layer"` (every layer at `sparsity`) or `"owl"` (outlier-
+            weighted layer-wise budgets averaging `sparsity`, see
+            `owl_sparsities`; not with `sparsity_m_by_n`).
+        owl: options of `owl_sparsities`: `{"threshold": 5.0, "spread": 0.08}`.
         inplace: prune `model` itself instead of a copy.
         batch_size: rows per batch when `calibration_data` is one array.
         verbose: 1 shows a progress bar over the layers.
@@ -64,6 +70,18 @@ def oneshot(
         0.0): a copy, or `model` with `inplace=True`.
     """
     _check(sparsity, method, sparsity_m_by_n, dampening, block_size)
+    if scope not in ("layer", "owl"):
+        raise ValueError(f"Argument `scope` must be 'layer' or 'owl'. Received: scope={scope!r}")
+    if scope == "owl" and sparsity_m_by_n:
+        raise ValueError(
+            "Argument `scope='owl'` sets per-layer sparsities, which N:M patterns do not "
+            f"have. Received: scope='owl', sparsity_m_by_n={sparsity_m_by_n!r}"
+        )
+    if owl is not None and (not isinstance(owl, dict) or set(owl) - {"threshold", "spread"}):
+        raise ValueError(
+            "Argument `owl` must be a dict with keys 'threshold' and/or 'spread'. "
+            f"Received: owl={owl!r}"
+        )
     data = calibration.batches(calibration_data, batch_size)
     if not inplace:
         if not cloning.is_graph_model(model):
@@ -78,15 +96,45 @@ def oneshot(
         if layer.built and features.supported(layer)
     ]
     order = calibration.call_order(model, candidates, data[0])
+    budgets = {}
+    if scope == "owl":
+        views = [features.view_of(layer) for layer, _ in order]
+        budgets = owl_sparsities(views, calibration.input_norms(model, views, data), sparsity, **(owl or {}))
     progress = keras.utils.Progbar(len(order), verbose=verbose, unit_name="layer")
     for group in _groups_by_input(order):
         views = [features.view_of(layer) for layer in group]
         stats = calibration.input_statistics(model, views, data)
         for view in views:
             gram, rows = stats[id(view.layer)]
-            _prune_layer(view, gram, rows, sparsity, method, sparsity_m_by_n, dampening, block_size)
+            target = budgets.get(id(view.layer), sparsity)
+            _prune_layer(view, gram, rows, target, method, sparsity_m_by_n, dampening, block_size)
             progress.add(1)
     return model
+
+
+def owl_sparsities(views, norms, sparsity, threshold=5.0, spread=0.08):
+    """OWL budgets (Yin et al., 2024): layers with more outliers keep more.
+
+    A layer's outlier ratio `D` is the fraction of its Wanda scores
+    `|W_ij| * ||X_i||` above `threshold` times their mean. Densities are `D`
+    rescaled to a range of `2 * spread` and shifted so that the kept weights
+    total `(1 - sparsity)` of all weights (an average weighted by size);
+    each is clipped to [0, 1].
+
+    Returns `{id(layer): sparsity}`.
+    """
+    ratios, sizes = [], []
+    for view in views:
+        W = view.to_matrix(np.asarray(ops.convert_to_numpy(view.layer.kernel)))
+        scores = np.abs(W) * norms[id(view.layer)][:, None]
+        ratios.append(float(np.mean(scores > threshold * scores.mean())))
+        sizes.append(W.size)
+    ratios, sizes = np.array(ratios), np.array(sizes, dtype=np.float64)
+    span = ratios.max() - ratios.min()
+    scaled = (ratios - ratios.min()) / span * 2 * spread if span > 0 else np.zeros_like(ratios)
+    density = scaled - np.sum(scaled * sizes) / sizes.sum() + (1.0 - sparsity)
+    density = np.clip(density, 0.0, 1.0)
+    return {id(v.layer): float(1.0 - d) for v, d in zip(views, density)}
 
 
 def _groups_by_input(order):

@@ -124,3 +124,19 @@ def input_statistics(model, views, data):
         key: (np.asarray(ops.convert_to_numpy(g), dtype=np.float64), n)
         for key, (g, n) in sums.items()
     }
+
+
+def input_norms(model, views, data):
+    """`{layer id: ||X_i||_2 per input feature}` of every layer, in one pass."""
+    sums = {id(v.layer): None for v in views}
+    by_layer = {id(v.layer): v for v in views}
+
+    def accumulate(layer, inputs):
+        squares = ops.sum(ops.square(by_layer[id(layer)].to_rows(inputs)), axis=0)
+        key = id(layer)
+        sums[key] = squares if sums[key] is None else ops.add(sums[key], squares)
+
+    with hooked([v.layer for v in views], accumulate):
+        for batch in data:
+            model(batch, training=False)
+    return {k: np.sqrt(np.asarray(ops.convert_to_numpy(v), np.float64)) for k, v in sums.items()}
