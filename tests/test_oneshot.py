@@ -332,3 +332,29 @@ def test_owl_budgets_average_to_the_target_and_favour_outlier_layers():
     assert max(sparsity.values()) - min(sparsity.values()) <= 2 * 0.08 + 0.01
     with pytest.raises(ValueError, match="scope='owl', sparsity_m_by_n"):
         tfprune.oneshot(model, X, scope="owl", sparsity_m_by_n=(2, 4), verbose=0)
+
+
+def test_recovery_fine_tuning_with_distillation_keeps_the_masks():
+    X = correlated_inputs(n=128)
+    y = (X[:, 0] > 0).astype("int32") + (X[:, 1] > 0).astype("int32")
+    teacher = keras.Sequential(
+        [keras.Input((32,)), keras.layers.Dense(16, activation="relu", name="h"), keras.layers.Dense(3, name="o")]
+    )
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.fit(X, y, epochs=3, batch_size=32, verbose=0)
+    pruned = tfprune.oneshot(teacher, X, sparsity=0.7, method="sparsegpt", verbose=0)
+    zeros = {n: kernel_of(pruned, n) == 0 for n in "ho"}
+    student = tfprune.hold_sparsity(pruned)
+    distiller = tfprune.distill(student, teacher, temperature=2.0, alpha=0.3)
+    distiller.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = kernel_of(pruned, "h").copy()
+    history = distiller.fit(X, y, epochs=3, batch_size=32, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    assert np.all(np.isfinite(history.history["loss"]))
+    recovered = tfprune.strip_pruning(student)
+    for n in "ho":
+        assert np.array_equal(kernel_of(recovered, n) == 0, zeros[n])  # the same zeros
+    assert not np.array_equal(kernel_of(recovered, "h"), before)  # the kept weights trained
+    with pytest.raises(ValueError, match="alpha=2"):
+        tfprune.distill(student, teacher, alpha=2)
+    with pytest.raises(ValueError, match="temperature=0"):
+        tfprune.distill(student, teacher, temperature=0)

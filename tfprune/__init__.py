@@ -7,6 +7,7 @@ the code.
 from tfprune.allocation import SensitivityThreshold, Splicing
 from tfprune.api import (
     collect_statistics,
+    hold_sparsity,
     prune,
     prune_low_magnitude,
     prune_scope,
@@ -14,6 +15,7 @@ from tfprune.api import (
     update_masks,
 )
 from tfprune.callbacks import PruningSummaries, UpdatePruningStep
+from tfprune.distillation import Distiller, distill
 from tfprune.layers import PrunableLayer
 from tfprune.lottery import rewind_weights, snapshot_weights
 from tfprune.oneshot import oneshot
@@ -35,6 +37,7 @@ __all__ = [
     "AGP",
     "ConstantSparsity",
     "Criterion",
+    "Distiller",
     "ExponentialDecay",
     "PolynomialDecay",
     "PrunableLayer",
@@ -48,6 +51,8 @@ __all__ = [
     "Splicing",
     "UpdatePruningStep",
     "collect_statistics",
+    "distill",
+    "hold_sparsity",
     "oneshot",
     "prune",
     "prune_low_magnitude",

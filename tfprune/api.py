@@ -337,6 +337,29 @@ def update_masks(model, sparsity=None):
         wrapper.keep_stored_weights_sparse()
 
 
+def hold_sparsity(model):
+    """Wraps a sparse model so that training keeps its zeros.
+
+    Every layer with prunable weights is wrapped with masks equal to its
+    current non-zero pattern and no schedule, so `fit` (with
+    `UpdatePruningStep`) updates only the kept weights: recovery
+    fine-tuning after `tfprune.oneshot`. `strip_pruning` returns the plain
+    model afterwards.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> _ = model.layers[0].kernel.assign(keras.ops.zeros((4, 2)))
+    >>> held = hold_sparsity(model)
+    >>> bool(keras.ops.convert_to_numpy(held.layers[0].pruning_vars[0][1]).any())
+    False
+    """
+    held = prune(model, None)
+    for wrapper in collect_prunable_layers(held):
+        for weight, mask, _ in wrapper.pruning_vars:
+            mask.assign(keras.ops.not_equal(weight.value, 0))
+    return held
+
+
 def collect_statistics(model, data, steps=None):
     """Runs `model` over calibration data so activation criteria can score.
 
