@@ -51,3 +51,33 @@ def test_the_pruning_engine_examples_run():
              if isinstance(w, tfprune.PruneLowMagnitude) for _, m, _ in w.pruning_vars]
     total = sum(m.size for m in masks)
     assert sum(int(m.sum()) for m in masks) == round(total * 0.8**2)
+
+
+def test_the_one_shot_example_runs():
+    import pytest
+
+    pytest.importorskip("keras_hub")
+    (block,) = _section("One-shot pruning from calibration data")
+    small = {  # the same code on a tiny GPT-2 and 8 rows of 16 tokens
+        "vocabulary_size=50257": "vocabulary_size=40",
+        "num_layers=4": "num_layers=1",
+        "num_heads=4": "num_heads=2",
+        "hidden_dim=256": "hidden_dim=8",
+        "intermediate_dim=1024": "intermediate_dim=16",
+        "max_sequence_length=128": "max_sequence_length=16",
+        "keras.Input((128,)": "keras.Input((16,)",
+    }
+    for old, new in small.items():
+        assert old in block
+        block = block.replace(old, new)
+    rng = np.random.default_rng(0)
+    namespace = {
+        "keras": keras,
+        "tfprune": tfprune,
+        "token_ids": rng.integers(1, 40, size=(8, 16)).astype("int32"),
+        "padding_mask": np.ones((8, 16), "int32"),
+        "labels": rng.integers(0, 2, size=(8,)),
+    }
+    exec(compile(block, str(README), "exec"), namespace)
+    kernel = keras.ops.convert_to_numpy(namespace["recovered"].get_layer("head").kernel)
+    assert (kernel == 0).sum() == kernel.size // 2
