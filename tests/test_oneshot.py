@@ -354,6 +354,10 @@ def test_recovery_fine_tuning_with_distillation_keeps_the_masks():
     for n in "ho":
         assert np.array_equal(kernel_of(recovered, n) == 0, zeros[n])  # the same zeros
     assert not np.array_equal(kernel_of(recovered, "h"), before)  # the kept weights trained
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    distiller.fit(X, y, epochs=1, batch_size=32, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_before, teacher.get_weights()))
+    assert teacher.trainable and all(layer.trainable for layer in teacher.layers)
     with pytest.raises(ValueError, match="alpha=2"):
         tfprune.distill(student, teacher, alpha=2)
     with pytest.raises(ValueError, match="temperature=0"):

@@ -8,7 +8,8 @@ trains it on
 
 (Hinton et al., 2015), the task loss being the one given to `compile`. It is
 plain Keras (`compute_loss` is overridden), so it trains with `fit` on every
-backend; the teacher is frozen. A pruned student keeps its masks with
+backend; the teacher's weights are not trained (its own `trainable` flags are
+left as they are). A pruned student keeps its masks with
 `tfprune.UpdatePruningStep()`.
 
 Example:
@@ -27,7 +28,7 @@ class Distiller(keras.Model):
 
     Args:
         student: the model being trained (e.g. a pruned model).
-        teacher: the reference model (e.g. the dense model); frozen.
+        teacher: the reference model (e.g. the dense model); not trained.
         temperature: `T > 0`, softens both distributions.
         alpha: weight of the task loss, in [0, 1]; `1 - alpha` goes to the
             distillation term.
@@ -48,9 +49,24 @@ class Distiller(keras.Model):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
-        self.teacher.trainable = False
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+
+    # The teacher is frozen here without touching its own `trainable` flags:
+    # only the student's weights are trained; the teacher's are state.
+    @property
+    def trainable_weights(self):
+        return self.student.trainable_weights
+
+    @property
+    def non_trainable_weights(self):
+        seen = {id(v) for v in self.student.trainable_weights}
+        found = []
+        for v in self.student.non_trainable_weights + self.teacher.weights:
+            if id(v) not in seen:
+                seen.add(id(v))
+                found.append(v)
+        return found
 
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
