@@ -327,8 +327,13 @@ def test_owl_budgets_average_to_the_target_and_favour_outlier_layers():
     zeros = {n: int((kernel_of(pruned, n) == 0).sum()) for n in "abc"}
     assert abs(sum(zeros.values()) - 0.6 * sum(sizes.values())) <= 3  # rounding per layer
     sparsity = {n: zeros[n] / sizes[n] for n in "abc"}
-    assert min(sparsity, key=sparsity.get) == max(ratio, key=ratio.get)  # most outliers keep most
-    assert max(sparsity, key=sparsity.get) == min(ratio, key=ratio.get)
+    assert len(set(ratio.values())) > 1
+    for x in "abc":  # more outliers keep more (equal ratios: equal budgets, up to rounding)
+        for y in "abc":
+            if ratio[x] > ratio[y]:
+                assert sparsity[x] < sparsity[y], (ratio, sparsity)
+            elif ratio[x] == ratio[y]:
+                assert abs(sparsity[x] - sparsity[y]) <= 1 / min(sizes[x], sizes[y]), (ratio, sparsity)
     assert max(sparsity.values()) - min(sparsity.values()) <= 2 * 0.08 + 0.01
     with pytest.raises(ValueError, match="scope='owl', sparsity_m_by_n"):
         tfprune.oneshot(model, X, scope="owl", sparsity_m_by_n=(2, 4), verbose=0)
