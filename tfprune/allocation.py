@@ -35,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from tfprune import masking
+from tfprune.configurable import Configurable
 
 
 def _check_target(target):
@@ -147,7 +148,7 @@ def for_layer(value, layer_name, default=None):
     return value if value is not None else default
 
 
-class Scope:
+class Scope(Configurable):
     """Base class: how a target sparsity becomes masks across layers.
 
     `kind` says how the pruner uses it:
@@ -165,17 +166,6 @@ class Scope:
     per_layer = True
     forward_only = False
     layer_names = None  # None: every layer; else only these are pruned
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 @keras.saving.register_keras_serializable(package="tfprune")

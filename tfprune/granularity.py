@@ -41,6 +41,7 @@ from keras import ops
 
 from tfprune import layers as layer_specs
 from tfprune import masking
+from tfprune.configurable import Configurable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,7 @@ def broadcast_units(keep, shape, axis):
     return ops.broadcast_to(ops.reshape(keep, view), shape)
 
 
-class Granularity:
+class Granularity(Configurable):
     """Base class: `weights(layer)` to mask and their `selections`."""
 
     pattern = False
@@ -122,22 +123,11 @@ class Granularity:
     def selections(self, weights, specs):
         raise NotImplementedError
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self):
         return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _flat_selection(index, shape):
@@ -284,16 +274,16 @@ class Filter(_Structure):
     def weights(self, layer):
         found = []
         weights = layer_specs.prunable_weights_with_owners(layer)
-        holders = [id(layer_specs.holder(owner, spec)) for _, spec, owner in weights]
-        for (w, spec, owner), holder in zip(weights, holders):
+        holders = [layer_specs.holder(owner, spec) for _, spec, owner in weights]
+        for (w, spec, _), holder in zip(weights, holders):
             if spec.out_axis is None:
                 continue
             found.append((w, spec))
-            bias = getattr(layer_specs.holder(owner, spec), "bias", None)
+            bias = getattr(holder, "bias", None)
             if (
                 isinstance(bias, keras.Variable)
                 and tuple(bias.shape) == (w.shape[spec.out_axis],)
-                and holders.count(holder) == 1
+                and sum(h is holder for h in holders) == 1
             ):
                 stem = spec.path[: max(spec.path.rfind("."), spec.path.rfind("/")) + 1]
                 found.append((bias, layer_specs.WeightSpec(f"{stem}bias", None, 0)))

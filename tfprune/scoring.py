@@ -43,6 +43,7 @@ import numpy as np
 from keras import ops
 
 from tfprune.backend import read
+from tfprune.configurable import Configurable
 
 
 def magnitude(weight):
@@ -50,7 +51,7 @@ def magnitude(weight):
     return ops.abs(ops.cast(weight, "float32"))
 
 
-class Criterion:
+class Criterion(Configurable):
     """Base class of importance criteria.
 
     Subclasses implement `scores(weights, state)`. Criteria with history also
@@ -98,13 +99,6 @@ class Criterion:
     def scores(self, weights, state):
         """Scores of `weights` (a list of tensors): one tensor per weight."""
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfprune")

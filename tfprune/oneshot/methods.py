@@ -29,14 +29,14 @@ Example:
 """
 
 import numpy as np
+from keras import ops
 
-from tfprune.oneshot.features import LayerView  # noqa: F401 (documentation)
+from tfprune import masking
 
 
 def keep_count(size, sparsity):
-    """TFMOT's `max(round_half_even(size * (1 - s)), 1)` in float32."""
-    kept = np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity)))
-    return int(max(kept, 1))
+    """`masking.keep_count` as a Python int (TFMOT's rule, float32)."""
+    return int(ops.convert_to_numpy(masking.keep_count(size, sparsity)))
 
 
 def lowest(scores, count):
