@@ -29,6 +29,8 @@ from tfprune.schedules import (
     PruningSchedule,
 )
 from tfprune.scoring import Criterion
+from tfprune.thinning import Plan, apply_plan, count_flops, count_params, thin
+from tfprune.thinning import report as thinning_report
 from tfprune.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
@@ -45,12 +47,16 @@ __all__ = [
     "PruneLowMagnitude",
     "PruningPolicy",
     "PruningSchedule",
+    "Plan",
     "Pruner",
     "PruningSummaries",
     "SensitivityThreshold",
     "Splicing",
     "UpdatePruningStep",
+    "apply_plan",
     "collect_statistics",
+    "count_flops",
+    "count_params",
     "distill",
     "hold_sparsity",
     "oneshot",
@@ -60,5 +66,7 @@ __all__ = [
     "rewind_weights",
     "snapshot_weights",
     "strip_pruning",
+    "thin",
+    "thinning_report",
     "update_masks",
 ]

@@ -15,7 +15,7 @@ Example:
 
 import keras
 
-from tfprune import cloning, masking, scoring
+from tfprune import cloning, graph, masking, scoring, structured
 from tfprune import granularity as granularity_lib
 from tfprune import layers as layer_specs
 from tfprune import pruner as pruner_lib
@@ -110,6 +110,8 @@ def prune(
     block_size=(1, 1),
     block_pooling_type="AVG",
     sparsity_m_by_n=None,
+    budget="channels",
+    round_to=None,
 ):
     """Wraps a model (or layers) for pruning by any criterion, structure and scope.
 
@@ -133,7 +135,11 @@ def prune(
             `"apoz"`, `"activation_mean"`, or a `tfprune.Criterion`.
         granularity: `"element"`, `"block"`, `"m_by_n"`, `"filter"`,
             `"channel"`, `"row"`, `"column"`, `"head"`, or a `Granularity`.
-            Only layers with weights of that structure are wrapped.
+            Only layers with weights of that structure are wrapped. On a
+            Sequential or Functional model, `"filter"` and `"channel"` follow
+            the channel dependency graph (`tfprune.structured`): coupled
+            channels are masked together across layers, and
+            `tfprune.thin` removes them.
         scope: `"layer"`, `"global"`, `"lamp"`, `"erk"`, a `{layer name:
             sparsity}` dict, or a `Scope` (`SensitivityThreshold`,
             `Splicing`).
@@ -150,24 +156,59 @@ def prune(
         seed: seed of `criterion="random"`.
         block_size, block_pooling_type: blocks of `granularity="block"`.
         sparsity_m_by_n: `(m, n)` of `granularity="m_by_n"`.
+        budget: for coupled channels, what the schedule's sparsity counts:
+            `"channels"`, `"flops"` or `"params"` (the fraction of the model's
+            FLOPs or parameters to remove, ranked globally).
+        round_to: for coupled channels, keep each group's channel count a
+            multiple of this (e.g. 8).
 
     Returns:
         The wrapped model, layer or list.
     """
+    selected = _layer_selector(layers)
+    coupled = (
+        isinstance(to_prune, keras.Model)
+        and cloning.is_graph_model(to_prune)
+        and granularity in ("filter", "channel")
+    )
+    structure = None
+    if coupled:
+        _check_coupled_args(budget, round_to, scope)
+        # Checked before anything is touched: unknown layers on coupled paths.
+        everything = graph.build(to_prune, strict=False)
+        excluded = [
+            name for name in structured.producers(everything)
+            if not selected(everything.layers[name])
+        ]
+        structure = graph.build(to_prune, lambda layer: layer.name not in excluded)
+        chosen = structured.Coupled(granularity, reduction, budget, round_to, excluded)
+        if scope == "layer" and budget != "channels":
+            scope = "global"  # a FLOPs or parameter budget is shared by all groups
+    else:
+        if budget != "channels" or round_to is not None:
+            raise ValueError(
+                "Arguments `budget` and `round_to` apply to granularity='filter' or "
+                "'channel' on a Sequential or Functional model (coupled channels). "
+                f"Received: granularity={granularity!r}, budget={budget!r}, "
+                f"round_to={round_to!r}, model type {type(to_prune).__name__}"
+            )
+        chosen = _granularity(
+            granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n
+        )
     pruner = Pruner(
         pruning_schedule,
         criterion=_criterion(criterion, seed),
-        granularity=_granularity(
-            granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n
-        ),
+        granularity=chosen,
         scope=scope,
         min_sparsity=min_sparsity,
         max_sparsity=max_sparsity,
     )
     _check_policy(pruning_policy)
-    selected = _layer_selector(layers)
+    wrapped_names = structured.wrapped_layer_names(structure) if coupled else None
 
     def applies_to(layer):
+        if coupled:
+            return layer.name in wrapped_names
         if not selected(layer):
             return False
         if layer_specs.fully_built(layer):
@@ -196,7 +237,27 @@ def prune(
             f"scope={pruner.scope!r})."
         )
     pruner_lib.bind(wrappers)
+    if coupled:
+        structured.bind(pruner, result)
     return result
+
+
+def _check_coupled_args(budget, round_to, scope):
+    if budget not in structured.BUDGETS:
+        raise ValueError(
+            f"Argument `budget` must be one of {structured.BUDGETS}. Received: budget={budget!r}"
+        )
+    if round_to is not None and (
+        isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
+    ):
+        raise ValueError(
+            f"Argument `round_to` must be a positive int or None. Received: round_to={round_to!r}"
+        )
+    if budget != "channels" and scope not in ("layer", "global"):
+        raise ValueError(
+            "A FLOPs or parameter budget ranks channels globally. "
+            f"Received: budget={budget!r}, scope={scope!r}"
+        )
 
 
 def _criterion(criterion, seed):
@@ -332,6 +393,8 @@ def update_masks(model, sparsity=None):
             wrapper's current step.
     """
     wrappers = collect_prunable_layers(model)
+    if isinstance(model, keras.Model) and cloning.is_graph_model(model):
+        structured.bind_model(model, wrappers)
     pruner_lib.update_masks(wrappers, sparsity)
     for wrapper in wrappers:
         wrapper.keep_stored_weights_sparse()

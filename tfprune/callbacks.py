@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from tfprune import pruner as pruner_lib
+from tfprune import structured
 from tfprune.wrapper import collect_prunable_layers
 
 
@@ -69,6 +70,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         )
         # Wrappers of one pruner act together (a global threshold).
         newly_attached = pruner_lib.bind(self.prunable_layers) or newly_attached
+        structured.bind_model(self.model, self.prunable_layers)
         for layer in self.prunable_layers:
             layer._step_callback_attached = True
             layer._host_step = None  # read `pruning_step` again (it may have been set)

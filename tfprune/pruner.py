@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import allocation, backend, masking, scoring
+from tfprune import allocation, backend, masking, scoring, structured
 from tfprune import granularity as granularity_lib
 from tfprune import schedules as schedules_lib
 from tfprune.schedules import ConstantSparsity  # noqa: F401 (docstring example)
@@ -101,8 +101,21 @@ class Pruner:
         # the engine keeps exactly k, ties broken by position.
         self.keep_ties = False
 
+    @property
+    def cross_layer(self):
+        """Whether every member is updated at once (from all layers' scores)."""
+        return not self.scope.per_layer or isinstance(self.granularity, structured.Coupled)
+
     def _check_combination(self):
         kind = self.scope.kind
+        if isinstance(self.granularity, structured.Coupled) and not isinstance(
+            self.scope, (allocation.LayerWise, allocation.Global)
+        ):
+            raise ValueError(
+                "Channels of coupled groups take scope='layer' (each group prunes the "
+                "schedule's fraction) or scope='global' (one ranking over all groups). "
+                f"Received: scope={self.scope!r}"
+            )
         if self.granularity.pattern and not isinstance(self.scope, allocation.LayerWise):
             raise ValueError(
                 f"Granularity {self.granularity!r} fixes the sparsity of every weight, "
@@ -188,7 +201,7 @@ class Pruner:
 
     def _members_for(self, wrapper):
         """The wrappers to update at this call: itself, or all once per step."""
-        if self.scope.per_layer:
+        if not self.cross_layer:
             return [wrapper]
         token = wrapper._step_token()
         if self._last_token is not None and self._last_token() is token:
@@ -277,6 +290,9 @@ class Pruner:
 
     def compute(self, members, sparsity):
         """`[(variable, new value)]`: masks, thresholds and reset statistics."""
+        if isinstance(self.granularity, structured.Coupled):
+            with _AutocastScope(None):
+                return structured.compute(self, members, sparsity)
         entries = []  # (wrapper, selection, unit scores)
         with _AutocastScope(None):
             for m in members:
@@ -476,7 +492,7 @@ def update_masks(wrappers, sparsity=None):
         pruner = wrapper.pruner
         if not wrapper._state_built:
             continue
-        members = [wrapper] if pruner.scope.per_layer else [
+        members = [wrapper] if not pruner.cross_layer else [
             m for m in pruner.members if m._state_built
         ]
         key = tuple(id(m) for m in members)

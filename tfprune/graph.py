@@ -1,0 +1,870 @@
+"""The channel dependency graph of a Sequential or Functional model.
+
+Removing output channel `c` of a `Conv2D` also removes channel `c` of the
+`BatchNormalization` after it, the input slice `c` of every layer reading
+it, and channel `c` of every tensor added to it by a residual connection.
+`build(model)` finds these couplings: every channel of every tensor is a
+*slot*; the rule of each layer type says how its output slots relate to its
+input slots, and slots that must be removed together are joined into one
+*unit*. A *group* is the set of units one channel space holds (a producer's
+output channels and everything tied to them by merges): layer-wise budgets
+prune a fraction of each group.
+
+Each rule also names the layer's weights and the unit of each index of
+their channel axes (its *members*), with a role:
+
+- `"write"`: the weight computes the channel (a producer's kernel slice and
+  bias, a normalization's scale and shift, a depthwise kernel). Masked.
+- `"read"`: the weight reads the channel (a consumer's input slice). Masked.
+  A unit all of whose reads are exactly zero can be removed without
+  changing any output: this is what `thin` checks.
+- `"carry"`: sliced along when a channel is removed, never masked
+  (BatchNormalization's moving statistics).
+
+and the layer's cost in parameters and FLOPs as a polynomial in its channel
+counts (FLOPs are `2 x` multiply-accumulates of convolutions, dense and
+attention products; element-wise work is not counted).
+
+Rules live in one table, `RULES`, matched most specific class first;
+`register(cls, rule)` adds one. A channel reaching a model output, coming
+from a model input, or normalized together with its neighbours
+(`LayerNormalization`, a softmax) is *fixed*: never removed. A layer with
+no rule that reads channels of a unit makes that unit *blocked*: asking to
+prune it raises an error naming the layer.
+
+Example:
+>>> x = keras.Input((8, 8, 3))
+>>> y = keras.layers.Conv2D(4, 3, name="a")(x)
+>>> y = keras.layers.BatchNormalization(name="bn")(y)
+>>> model = keras.Model(x, keras.layers.Conv2D(2, 1, name="b")(y))
+>>> structure = build(model)
+>>> [(g.name, g.size) for g in structure.groups if g.prunable]
+[('a', 4)]
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras import layers as L
+from keras.src.models.functional import Functional
+
+from tfprune import cloning
+
+ROLES = ("write", "read", "carry")
+
+
+@dataclasses.dataclass
+class Member:
+    """One channel axis of one weight of a layer, in units."""
+
+    layer: str
+    path: str
+    axis: int
+    slots: np.ndarray
+    role: str
+    units: np.ndarray = None  # filled in by `Structure`
+
+
+@dataclasses.dataclass
+class Group:
+    """The units of one channel space."""
+
+    name: str
+    units: np.ndarray  # unit indices
+    producers: tuple
+    prunable: bool
+    reason: str = ""
+
+    @property
+    def size(self):
+        return int(len(self.units))
+
+
+@dataclasses.dataclass
+class Term:
+    """`coefficient x product of kept counts of `spaces``, for one layer."""
+
+    layer: str
+    coefficient: float
+    spaces: tuple  # slot arrays; the count of a space is its kept positions
+
+
+class UnknownLayerError(ValueError):
+    pass
+
+
+class _Builder:
+    """Union-find over channel slots, filled by the rules."""
+
+    def __init__(self):
+        self.parent = []
+        self.group_parent = []
+        self.producer = []  # per slot: (layer name, index) or None
+        self.fixed = {}  # slot -> reason
+        self.blocked = {}  # slot -> layer name
+        self.members = {}  # (layer, path, axis) -> Member
+        self.costs = {"flops": [], "params": []}
+        self.counted_params = set()
+        self.fresh_cache = {}
+        self.layers = {}  # name -> layer
+        self.resizes = {}  # layer name -> [(config key, slots)]
+
+    # ----------------------------------------------------------- union-find
+    def _find(self, parent, i):
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def find(self, i):
+        return self._find(self.parent, i)
+
+    def union(self, a, b):
+        """Slots `a[i]` and `b[i]` are removed together (same unit)."""
+        for i, j in zip(np.asarray(a).tolist(), np.asarray(b).tolist()):
+            ri, rj = self.find(i), self.find(j)
+            if ri != rj:
+                self.parent[max(ri, rj)] = min(ri, rj)
+            gi, gj = self._find(self.group_parent, i), self._find(self.group_parent, j)
+            if gi != gj:
+                self.group_parent[max(gi, gj)] = min(gi, gj)
+
+    def tie(self, slots):
+        """All of `slots` form one unit."""
+        slots = np.asarray(slots)
+        if len(slots) > 1:
+            self.union(np.repeat(slots[:1], len(slots) - 1), slots[1:])
+
+    def new(self, n, producer=None):
+        start = len(self.parent)
+        ids = list(range(start, start + n))
+        self.parent += ids
+        self.group_parent += [start] * n  # one producer's slots: one group
+        self.producer += [None if producer is None else (*producer, i) for i in range(n)]
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def fresh(self, layer, n, key="out"):
+        """Output slots of a producer (the same for every call of the layer)."""
+        cache_key = (id(layer), key)
+        if cache_key not in self.fresh_cache:
+            self.fresh_cache[cache_key] = self.new(n, (layer.name, key))
+        return self.fresh_cache[cache_key]
+
+    def resize(self, layer, key, slots):
+        """`layer.get_config()[key]` becomes the number of kept `slots` (for a
+        tuple, its last entry)."""
+        entries = self.resizes.setdefault(layer.name, [])
+        if key not in [k for k, _ in entries]:
+            entries.append((key, np.asarray(slots, dtype=np.int64)))
+
+    def fix(self, slots, reason):
+        for s in np.asarray(slots).tolist():
+            self.fixed.setdefault(s, reason)
+
+    def block(self, slots, layer):
+        for s in np.asarray(slots).tolist():
+            self.blocked.setdefault(s, layer.name)
+
+    # --------------------------------------------------------- weights, costs
+    def member(self, layer, path, axis, slots, role):
+        if role not in ROLES:
+            raise ValueError(f"Unknown role {role!r}")
+        slots = np.asarray(slots, dtype=np.int64)
+        key = (layer.name, path, axis)
+        old = self.members.get(key)
+        if old is None:
+            self.members[key] = Member(layer.name, path, axis, slots, role)
+        else:  # a shared layer: every call reads through the same weight
+            self.union(old.slots, slots)
+
+    def cost(self, layer, kind, coefficient, *spaces):
+        self.costs[kind].append(
+            Term(layer.name, float(coefficient), tuple(np.asarray(s) for s in spaces))
+        )
+
+    def params_once(self, layer):
+        """True the first time a layer's parameters are counted."""
+        if layer.name in self.counted_params:
+            return False
+        self.counted_params.add(layer.name)
+        return True
+
+
+# ------------------------------------------------------------------ helpers
+def _last(tensor):
+    return tensor.shape[-1]
+
+
+def _spatial(shape):
+    """Product of the dims between batch and channels (None counts 1)."""
+    return int(np.prod([d or 1 for d in shape[1:-1]]))
+
+
+def _channels_last(layer):
+    return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
+
+
+def _unknown(b, layer, inputs, outputs, why=""):
+    for s in inputs:
+        if s is not None:
+            b.block(s, layer)
+    return [_fixed_new(b, o, f"output of '{layer.name}'{why}") for o in outputs]
+
+
+def _fixed_new(b, tensor, reason):
+    n = _last(tensor) if len(tensor.shape) else 1
+    slots = b.new(int(n or 1))
+    b.fix(slots, reason)
+    return slots
+
+
+def _softmax_like(activation):
+    name = getattr(activation, "__name__", str(activation))
+    return name in ("softmax", "log_softmax")
+
+
+# -------------------------------------------------------------------- rules
+# A rule is `rule(b, layer, node, inputs) -> [slots of each output]`, where
+# `inputs` holds the slots of each input tensor of the call.
+
+
+def passthrough(b, layer, node, inputs):
+    """Channel `c` in, channel `c` out (activations, pooling, dropout, ...)."""
+    if not _channels_last(layer):
+        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+    return [inputs[0] for _ in node.outputs]
+
+
+def fixed_channels(b, layer, node, inputs):
+    """Channels mixed together (softmax, LayerNormalization): none removable."""
+    for s in inputs:
+        b.fix(s, f"normalized together by '{layer.name}'")
+    return [inputs[0] if _last(o) == len(inputs[0]) else _fixed_new(b, o, "") for o in node.outputs]
+
+
+def activation(b, layer, node, inputs):
+    if _softmax_like(layer.activation):
+        return fixed_channels(b, layer, node, inputs)
+    return passthrough(b, layer, node, inputs)
+
+
+def softmax(b, layer, node, inputs):
+    axis = getattr(layer, "axis", -1)
+    rank = len(node.input_tensors[0].shape)
+    if axis in (-1, rank - 1):
+        return fixed_channels(b, layer, node, inputs)
+    return passthrough(b, layer, node, inputs)
+
+
+def _output_activation(b, layer, out):
+    if _softmax_like(getattr(layer, "activation", None)):
+        b.fix(out, f"softmax of '{layer.name}'")
+
+
+def batch_normalization(b, layer, node, inputs):
+    rank = len(node.input_tensors[0].shape)
+    if layer.axis not in (-1, rank - 1):
+        return _unknown(b, layer, inputs, node.outputs, " (not the last axis)")
+    s = inputs[0]
+    for path in ("gamma", "beta"):
+        if getattr(layer, path, None) is not None:
+            b.member(layer, path, 0, s, "write")
+    for path in ("moving_mean", "moving_variance"):
+        b.member(layer, path, 0, s, "carry")
+    if b.params_once(layer):
+        b.cost(layer, "params", len(layer.weights), s)
+    return [s]
+
+
+def group_normalization(b, layer, node, inputs):
+    rank = len(node.input_tensors[0].shape)
+    if layer.axis not in (-1, rank - 1):
+        return _unknown(b, layer, inputs, node.outputs, " (not the last axis)")
+    s = inputs[0]
+    size = len(s) // layer.groups
+    for g in range(layer.groups):  # a group's channels are normalized together
+        b.tie(s[g * size : (g + 1) * size])
+    b.resize(layer, "groups", s[::size])
+    for path in ("gamma", "beta"):
+        if getattr(layer, path, None) is not None:
+            b.member(layer, path, 0, s, "write")
+    if b.params_once(layer):
+        b.cost(layer, "params", len(layer.weights), s)
+    return [s]
+
+
+def layer_normalization(b, layer, node, inputs):
+    return fixed_channels(b, layer, node, inputs)
+
+
+def conv(b, layer, node, inputs):
+    if not _channels_last(layer):
+        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+    s = inputs[0]
+    groups = getattr(layer, "groups", 1)
+    per_group_in = len(s) // groups
+    out = b.fresh(layer, layer.filters)
+    per_group_out = layer.filters // groups
+    for j in range(per_group_in):  # grouped: the j-th input of every group
+        b.tie(s[j::per_group_in])
+    for j in range(per_group_out):
+        b.tie(out[j::per_group_out])
+    b.member(layer, "kernel", -2, s[:per_group_in], "read")
+    b.member(layer, "kernel", -1, out, "write")
+    b.resize(layer, "filters", out)
+    if layer.use_bias:
+        b.member(layer, "bias", 0, out, "write")
+    _output_activation(b, layer, out)
+    window = int(np.prod(layer.kernel_size))
+    if b.params_once(layer):
+        b.cost(layer, "params", window / groups, s, out)
+        if layer.use_bias:
+            b.cost(layer, "params", 1, out)
+    b.cost(layer, "flops", 2 * window * _spatial(node.outputs[0].shape) / groups, s, out)
+    return [out]
+
+
+def conv_transpose(b, layer, node, inputs):
+    if not _channels_last(layer):
+        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+    s = inputs[0]
+    out = b.fresh(layer, layer.filters)
+    b.member(layer, "kernel", -1, s, "read")
+    b.member(layer, "kernel", -2, out, "write")
+    b.resize(layer, "filters", out)
+    if layer.use_bias:
+        b.member(layer, "bias", 0, out, "write")
+    _output_activation(b, layer, out)
+    window = int(np.prod(layer.kernel_size))
+    if b.params_once(layer):
+        b.cost(layer, "params", window, s, out)
+        if layer.use_bias:
+            b.cost(layer, "params", 1, out)
+    b.cost(layer, "flops", 2 * window * _spatial(node.input_tensors[0].shape), s, out)
+    return [out]
+
+
+def depthwise_conv(b, layer, node, inputs):
+    if not _channels_last(layer):
+        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+    s = inputs[0]
+    m = layer.depth_multiplier
+    out = np.repeat(s, m)  # output c*m + j comes from input c
+    b.member(layer, "kernel", -2, s, "write")
+    if layer.use_bias:
+        b.member(layer, "bias", 0, out, "write")
+    window = int(np.prod(layer.kernel_size))
+    if b.params_once(layer):
+        b.cost(layer, "params", window + (1 if layer.use_bias else 0), out)
+    b.cost(layer, "flops", 2 * window * _spatial(node.outputs[0].shape), out)
+    return [out]
+
+
+def separable_conv(b, layer, node, inputs):
+    if not _channels_last(layer):
+        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+    s = inputs[0]
+    m = layer.depth_multiplier
+    mid = np.repeat(s, m)
+    out = b.fresh(layer, layer.filters)
+    b.member(layer, "depthwise_kernel", -2, s, "write")
+    b.member(layer, "pointwise_kernel", -2, mid, "read")
+    b.member(layer, "pointwise_kernel", -1, out, "write")
+    b.resize(layer, "filters", out)
+    if layer.use_bias:
+        b.member(layer, "bias", 0, out, "write")
+    _output_activation(b, layer, out)
+    window = int(np.prod(layer.kernel_size))
+    if b.params_once(layer):
+        b.cost(layer, "params", window, mid)
+        b.cost(layer, "params", 1, mid, out)
+        if layer.use_bias:
+            b.cost(layer, "params", 1, out)
+    spatial = _spatial(node.outputs[0].shape)
+    b.cost(layer, "flops", 2 * window * spatial, mid)
+    b.cost(layer, "flops", 2 * spatial, mid, out)
+    return [out]
+
+
+def dense(b, layer, node, inputs):
+    s = inputs[0]
+    out = b.fresh(layer, layer.units)
+    b.member(layer, "kernel", 0, s, "read")
+    b.member(layer, "kernel", 1, out, "write")
+    b.resize(layer, "units", out)
+    if layer.use_bias:
+        b.member(layer, "bias", 0, out, "write")
+    _output_activation(b, layer, out)
+    if b.params_once(layer):
+        b.cost(layer, "params", 1, s, out)
+        if layer.use_bias:
+            b.cost(layer, "params", 1, out)
+    b.cost(layer, "flops", 2 * _spatial(node.input_tensors[0].shape), s, out)
+    return [out]
+
+
+def embedding(b, layer, node, inputs):
+    out = b.fresh(layer, layer.output_dim)
+    b.member(layer, "embeddings", 1, out, "write")
+    b.resize(layer, "output_dim", out)
+    if b.params_once(layer):
+        b.cost(layer, "params", layer.input_dim, out)
+    return [out]
+
+
+def _call_input(node, name, position):
+    """The tensor passed as argument `name` (or positional `position`)."""
+    args, kwargs = node.arguments.args, node.arguments.kwargs
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > position:
+        return args[position]
+    return None
+
+
+def multi_head_attention(b, layer, node, inputs):
+    slots = {id(t): s for t, s in zip(node.input_tensors, inputs)}
+    query = _call_input(node, "query", 0)
+    value = _call_input(node, "value", 1)
+    key = _call_input(node, "key", 2)
+    key = value if key is None else key
+    q, v, k = slots[id(query)], slots[id(value)], slots[id(key)]
+    heads = b.fresh(layer, layer.num_heads, key="heads")
+    b.resize(layer, "num_heads", heads)
+    for part, source in (("_query_dense", q), ("_key_dense", k), ("_value_dense", v)):
+        b.member(layer, f"{part}.kernel", 0, source, "read")
+        b.member(layer, f"{part}.kernel", 1, heads, "write")
+        if layer._use_bias:
+            b.member(layer, f"{part}.bias", 0, heads, "write")
+    if layer._output_shape is None:
+        out = q  # the output has the query's width: channel c goes with query c
+    else:
+        out = b.fresh(layer, int(np.prod(layer._output_shape)))
+        b.fix(out, f"output_shape of '{layer.name}'")
+    b.member(layer, "_output_dense.kernel", 0, heads, "read")
+    b.member(layer, "_output_dense.kernel", -1, out, "write")
+    if layer._use_bias:
+        b.member(layer, "_output_dense.bias", 0, out, "write")
+    kd, vd = layer._key_dim, layer._value_dim or layer._key_dim
+    tq = _spatial(query.shape)
+    tk = _spatial(key.shape)
+    if b.params_once(layer):
+        bias = 1 if layer._use_bias else 0
+        for source, width in ((q, kd), (k, kd), (v, vd)):
+            b.cost(layer, "params", width, source, heads)
+            b.cost(layer, "params", width * bias, heads)
+        b.cost(layer, "params", vd, heads, out)
+        b.cost(layer, "params", bias, out)
+    for source, width, steps in ((q, kd, tq), (k, kd, tk), (v, vd, tk)):
+        b.cost(layer, "flops", 2 * steps * width, source, heads)
+    b.cost(layer, "flops", 2 * tq * tk * (kd + vd), heads)
+    b.cost(layer, "flops", 2 * tq * vd, heads, out)
+    outputs = [out]
+    if len(node.outputs) > 1:  # attention scores: one row per head
+        outputs.append(_fixed_new(b, node.outputs[1], f"scores of '{layer.name}'"))
+    return outputs
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def recurrent(b, layer, node, inputs):
+    gates = next((g for name, g in _GATES.items() if isinstance(layer, getattr(L, name))), None)
+    if gates is None or getattr(layer, "stateful", False):
+        return _unknown(b, layer, inputs, node.outputs)
+    s = inputs[0]
+    units = b.fresh(layer, layer.cell.units)
+    tiled = np.tile(units, gates)  # gate-major columns: [gate, unit]
+    b.resize(layer, "units", units)
+    b.member(layer, "cell.kernel", 0, s, "read")
+    b.member(layer, "cell.kernel", 1, tiled, "write")
+    b.member(layer, "cell.recurrent_kernel", 0, units, "read")
+    b.member(layer, "cell.recurrent_kernel", 1, tiled, "write")
+    if layer.cell.use_bias:
+        b.member(layer, "cell.bias", -1, tiled, "write")
+    steps = node.input_tensors[0].shape[1] or 1
+    if b.params_once(layer):
+        b.cost(layer, "params", gates, s, units)
+        b.cost(layer, "params", gates, units, units)
+        if layer.cell.use_bias:
+            bias_rows = int(np.prod(layer.cell.bias.shape)) // (gates * layer.cell.units)
+            b.cost(layer, "params", gates * bias_rows, units)
+    b.cost(layer, "flops", 2 * steps * gates, s, units)
+    b.cost(layer, "flops", 2 * steps * gates, units, units)
+    return [units for _ in node.outputs]  # sequences, and the h (and c) states
+
+
+def merge(b, layer, node, inputs):
+    """Element-wise merges: channel `c` of every input goes together."""
+    widest = max(len(s) for s in inputs)
+    full = [s for s in inputs if len(s) == widest]
+    for s in full[1:]:
+        b.union(full[0], s)
+    # Inputs of width 1 broadcast over the channels: not coupled.
+    if any(len(s) not in (1, widest) for s in inputs):
+        return _unknown(b, layer, inputs, node.outputs, " (inputs of other widths)")
+    return [full[0]]
+
+
+def concatenate(b, layer, node, inputs):
+    rank = len(node.outputs[0].shape)
+    if layer.axis in (-1, rank - 1):
+        return [np.concatenate(inputs)]
+    return merge(b, layer, node, inputs)
+
+
+def reshape(b, layer, node, inputs):
+    """Flatten and Reshape: channels follow their positions, if knowable."""
+    source, target = node.input_tensors[0].shape[1:], node.outputs[0].shape[1:]
+    s = inputs[0]
+    if target and source and target[-1] == source[-1] and len(s) == source[-1]:
+        b.resize(layer, "target_shape", s)
+        return [s]  # spatial dims reshaped, channels unchanged
+    if None in source or None in target or not target:
+        return _unknown(b, layer, inputs, node.outputs, " (dynamic shape)")
+    positions = np.broadcast_to(s, tuple(source)).reshape(tuple(target))
+    rows = positions.reshape(-1, target[-1])
+    if not (rows == rows[:1]).all():
+        return _unknown(b, layer, inputs, node.outputs, " (channels split across axes)")
+    b.resize(layer, "target_shape", rows[0])
+    return [rows[0]]
+
+
+def input_layer(b, layer, node, inputs):
+    return [_fixed_new(b, o, "model input") for o in node.outputs]
+
+
+def prelu(b, layer, node, inputs):
+    s = inputs[0]
+    if layer.alpha.shape[-1] != len(s):
+        return fixed_channels(b, layer, node, inputs)
+    b.member(layer, "alpha", -1, s, "write")
+    return [s]
+
+
+_UNARY_OPS = {
+    "Relu", "Relu6", "Sigmoid", "Silu", "Swish", "HardSigmoid", "HardSilu", "HardSwish",
+    "Gelu", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign", "Tanh", "Abs", "Negative",
+    "Square", "Sqrt", "Exp", "Log", "Cast", "Celu", "Glu", "LogSigmoid", "Mish",
+}  # fmt: skip
+_BINARY_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
+
+
+def operation(b, op, node, inputs):
+    """`keras.ops` nodes of a functional graph (`x + y`, `ops.relu(x)`)."""
+    name = type(op).__name__
+    if name in _UNARY_OPS and len(inputs) == 1:
+        return [inputs[0]]
+    if name in _BINARY_OPS:
+        if len(inputs) == 1:  # a tensor and a constant
+            return [inputs[0]]
+        return merge(b, op, node, inputs)
+    return _unknown(b, op, inputs, node.outputs)
+
+
+RULES = {
+    L.InputLayer: input_layer,
+    L.Conv1DTranspose: conv_transpose,
+    L.Conv2DTranspose: conv_transpose,
+    L.Conv3DTranspose: conv_transpose,
+    L.DepthwiseConv1D: depthwise_conv,
+    L.DepthwiseConv2D: depthwise_conv,
+    L.SeparableConv1D: separable_conv,
+    L.SeparableConv2D: separable_conv,
+    L.Conv1D: conv,
+    L.Conv2D: conv,
+    L.Conv3D: conv,
+    L.Dense: dense,
+    L.Embedding: embedding,
+    L.MultiHeadAttention: multi_head_attention,
+    L.LSTM: recurrent,
+    L.GRU: recurrent,
+    L.SimpleRNN: recurrent,
+    L.BatchNormalization: batch_normalization,
+    L.GroupNormalization: group_normalization,
+    L.LayerNormalization: layer_normalization,
+    L.Softmax: softmax,
+    L.Activation: activation,
+    L.PReLU: prelu,
+    L.Add: merge,
+    L.Subtract: merge,
+    L.Multiply: merge,
+    L.Average: merge,
+    L.Maximum: merge,
+    L.Minimum: merge,
+    L.Concatenate: concatenate,
+    L.Flatten: reshape,
+    L.Reshape: reshape,
+}
+for _name in (
+    "ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+    "ActivityRegularization", "Identity", "Rescaling", "Masking",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+):  # fmt: skip
+    if hasattr(L, _name):
+        RULES[getattr(L, _name)] = passthrough
+
+
+def register(layer_class, rule):
+    """Describes how a layer type maps channels (see the rules in this module).
+
+    Example: a custom element-wise activation layer passes channels through:
+    >>> class Swish(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return x * keras.ops.sigmoid(x)
+    >>> register(Swish, passthrough)
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.Operation)):
+        raise TypeError(
+            f"Argument `layer_class` must be a layer class. Received: layer_class={layer_class!r}"
+        )
+    if not callable(rule):
+        raise TypeError(f"Argument `rule` must be callable. Received: rule={rule!r}")
+    RULES[layer_class] = rule
+
+
+def rule_for(op):
+    for cls in type(op).__mro__:
+        if cls in RULES:
+            return RULES[cls]
+    if not isinstance(op, keras.layers.Layer):
+        return operation
+    return None
+
+
+# ---------------------------------------------------------------- the graph
+def _inner(op):
+    """The layer a pruning wrapper holds (the graph sees through wrappers)."""
+    from tfprune.wrapper import PruneLowMagnitude
+
+    return op.layer if isinstance(op, PruneLowMagnitude) else op
+
+
+def _graph(model):
+    if isinstance(model, keras.Sequential):
+        if getattr(model, "_functional", None) is None:
+            raise ValueError(
+                f"Model '{model.name}' is a Sequential model without an input shape: "
+                "build it (`keras.Input` first, or call it once) before pruning channels."
+            )
+        return model._functional
+    return model
+
+
+def _nodes(model):
+    graph = _graph(model)
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        nodes = graph._nodes_by_depth[depth]
+        yield from sorted(nodes, key=lambda n: n.operation._inbound_nodes.index(n))
+
+
+def build(model, layers=None, strict=True):
+    """The channel `Structure` of a Sequential or Functional model.
+
+    Args:
+        model: the model (pruning wrappers are seen through).
+        layers: a predicate `layer -> bool` selecting the producers whose
+            channels may be removed (default: all).
+    """
+    if not cloning.is_graph_model(model):
+        raise ValueError(
+            "Channels can be removed from Sequential and Functional models only (their "
+            f"graph shows which channels are coupled). Received: model={model!r} of type "
+            f"{type(model).__name__}"
+        )
+    b = _Builder()
+    slots = {}
+    graph = _graph(model)
+    for node in _nodes(model):
+        op = _inner(node.operation)
+        b.layers[op.name] = op
+        inputs = [slots.get(id(t)) for t in node.input_tensors]
+        if node.is_input:
+            out = input_layer(b, op, node, inputs)
+        elif any(s is None for s in inputs):
+            out = _unknown(b, op, [s for s in inputs if s is not None], node.outputs)
+        else:
+            rule = rule_for(op)
+            if cloning.is_graph_model(op) or rule is None:
+                out = _unknown(b, op, inputs, node.outputs, _no_rule(op))
+            else:
+                out = rule(b, op, node, inputs)
+        for tensor, s in zip(node.outputs, out):
+            if len(tensor.shape) and tensor.shape[-1] is not None and len(s) != tensor.shape[-1]:
+                raise AssertionError(f"rule for '{op.name}' gave {len(s)} channels")
+            slots[id(tensor)] = np.asarray(s, dtype=np.int64)
+    for tensor in graph.outputs:
+        b.fix(slots[id(tensor)], "model output")
+    for name, op in b.layers.items():  # weights no rule describes: fixed
+        if isinstance(op, keras.layers.Layer) and name not in b.counted_params:
+            b.cost(op, "params", sum(int(np.prod(w.shape)) for w in op.weights))
+    return Structure(b, layers, strict)
+
+
+def _no_rule(op):
+    if cloning.is_graph_model(op):
+        return " (a nested model)"
+    return f" (no rule for {type(op).__name__})"
+
+
+class Structure:
+    """Units, groups, members and costs of one model (see `build`)."""
+
+    def __init__(self, b, selected=None, strict=True):
+        roots = {}
+        order = []
+        n_slots = len(b.parent)
+        root_of = np.array([b.find(i) for i in range(n_slots)], dtype=np.int64)
+        group_of = np.array([b._find(b.group_parent, i) for i in range(n_slots)], dtype=np.int64)
+        # Units numbered group by group, so a group's units are contiguous.
+        by_group = {}
+        for slot in range(n_slots):
+            root = root_of[slot]
+            if root not in roots:
+                roots[root] = None
+                by_group.setdefault(group_of[slot], []).append(root)
+        index = {}
+        for members in by_group.values():
+            for root in members:
+                index[root] = len(index)
+                order.append(root)
+        self.size = len(index)
+        self.slot_unit = np.array([index[r] for r in root_of], dtype=np.int64)
+        self.layers = b.layers
+        self.resizes = {
+            name: [(key, self.slot_unit[s]) for key, s in entries]
+            for name, entries in b.resizes.items()
+        }
+        unit_fixed = {}
+        for slot, reason in b.fixed.items():
+            unit_fixed.setdefault(int(self.slot_unit[slot]), reason)
+        unit_blocked = {}
+        for slot, name in b.blocked.items():
+            unit_blocked.setdefault(int(self.slot_unit[slot]), name)
+        producers = [set() for _ in range(self.size)]
+        # (layer, "out" or "heads", index) of each producer channel in a unit
+        self.positions = {}
+        for slot, producer in enumerate(b.producer):
+            if producer is not None:
+                unit = int(self.slot_unit[slot])
+                producers[unit].add(producer[0])
+                self.positions[producer] = unit
+        self.members = {}
+        for member in b.members.values():
+            member.units = self.slot_unit[member.slots]
+            self.members.setdefault(member.layer, []).append(member)
+        self.costs = {
+            kind: [
+                Term(t.layer, t.coefficient, tuple(self.slot_unit[s] for s in t.spaces))
+                for t in terms
+            ]
+            for kind, terms in b.costs.items()
+        }
+        selected = selected or (lambda layer: True)
+        self.groups = []
+        self.unit_group = np.zeros(self.size, dtype=np.int64)
+        self.prunable = np.zeros(self.size, dtype=bool)
+        self.blocked_by = unit_blocked
+        self.fixed_by = unit_fixed
+        for members in by_group.values():
+            units = np.array([index[r] for r in members], dtype=np.int64)
+            names = sorted({p for u in units for p in producers[u]}, key=list(b.layers).index)
+            reason = ""
+            if not names:
+                reason = "no layer produces these channels"
+            elif any(int(u) in unit_fixed for u in units) and all(
+                int(u) in unit_fixed for u in units
+            ):
+                reason = unit_fixed[int(units[0])]
+            elif not all(selected(b.layers[n]) for n in names):
+                reason = "a producer is not selected"
+            prunable_units = [
+                int(u) for u in units if int(u) not in unit_fixed and int(u) not in unit_blocked
+            ]
+            group = Group(names[0] if names else f"group_{len(self.groups)}", units,
+                          tuple(names), not reason and bool(prunable_units), reason)
+            if group.prunable:
+                blocked = [unit_blocked[u] for u in units.tolist() if u in unit_blocked]
+                if blocked and strict:
+                    raise UnknownLayerError(_blocked_message(self, blocked[0], names))
+            if group.prunable:
+                self.prunable[prunable_units] = True
+            self.unit_group[units] = len(self.groups)
+            self.groups.append(group)
+
+    # ------------------------------------------------------------ queries
+    def group_of(self, layer_name):
+        """The group holding a producer layer's output channels."""
+        for group in self.groups:
+            if layer_name in group.producers:
+                return group
+        raise KeyError(layer_name)
+
+    def count(self, kind, keep=None):
+        """Total parameters or FLOPs (`kind`) with the units `keep` kept."""
+        keep = np.ones(self.size, bool) if keep is None else np.asarray(keep, bool)
+        return sum(self.layer_counts(kind, keep).values())
+
+    def layer_counts(self, kind, keep=None):
+        keep = np.ones(self.size, bool) if keep is None else np.asarray(keep, bool)
+        totals = {}
+        for term in self.costs[kind]:
+            value = term.coefficient * math.prod(int(keep[s].sum()) for s in term.spaces)
+            totals[term.layer] = totals.get(term.layer, 0.0) + value
+        return totals
+
+    def weight_units(self, layer_name):
+        """`{path: [(axis, units, role)]}` of one layer."""
+        found = {}
+        for m in self.members.get(layer_name, []):
+            found.setdefault(m.path, []).append((m.axis, m.units, m.role))
+        return found
+
+
+def _blocked_message(structure, layer_name, producers):
+    layer = structure.layers.get(layer_name)
+    kind = type(layer).__name__ if layer is not None else "?"
+    return (
+        f"Layer '{layer_name}' ({kind}) reads channels that removing channels of "
+        f"{', '.join(repr(p) for p in producers)} would change, and tfprune has no rule "
+        f"for how {kind} maps channels. Describe it with `tfprune.graph.register({kind}, "
+        "rule)` (e.g. `tfprune.graph.passthrough` for an element-wise layer), or leave "
+        "those layers out with `layers=`."
+    )
+
+
+def weight_masks(structure, layer, keep, xp=np):
+    """`{path: mask}` of a layer's masked weights for the kept units `keep`.
+
+    A weight with channel axes in several units (a kernel: its input and its
+    output channels) keeps an element when every one of its units is kept.
+    `xp` is `numpy` or `keras.ops`.
+    """
+    masks = {}
+    for m in structure.members.get(layer.name, []):
+        if m.role == "carry":
+            continue
+        variable = layer_specs_resolve(layer, m.path)
+        shape = tuple(variable.shape)
+        axis = m.axis % len(shape)
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        kept = xp.reshape(xp.take(keep, m.units), view)
+        mask = xp.broadcast_to(kept, shape)
+        masks[m.path] = mask if m.path not in masks else xp.logical_and(masks[m.path], mask)
+    return masks
+
+
+def layer_specs_resolve(layer, path):
+    from tfprune.layers import resolve
+
+    return resolve(layer, path)

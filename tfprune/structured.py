@@ -1,0 +1,407 @@
+"""Channel pruning that follows the dependency graph (`tfprune.graph`).
+
+With `granularity="filter"` (or `"channel"`) on a Sequential or Functional
+model, `tfprune.prune` masks *coupled groups*: removing channel `c` masks
+the producers' kernel slices and biases, the normalizations' scale and
+shift (so the channel is exactly zero after them), the depthwise kernels it
+passes through and the input slices of every layer reading it, including
+everything tied to it by residual merges, concatenations and squeeze-excite
+multiplies. The masked model computes what `tfprune.thin` will return.
+
+A unit's score reduces (`reduction`, default mean) the criterion's scores
+of every element of every weight slice the unit masks. Budgets:
+
+- `budget="channels"` with `scope="layer"`: each group removes the
+  schedule's fraction of its channels; with `scope="global"`, that fraction
+  of all channels, ranked across groups.
+- `budget="flops"` / `"params"`: the schedule's sparsity is the fraction of
+  the model's FLOPs (parameters) to remove; units are ranked globally and
+  removed lowest first until the cost, counted through the graph (removing
+  a channel also shrinks its consumers), reaches the target.
+
+`round_to=8` keeps each group's channel count a multiple of 8 (rounded up);
+`max_sparsity` / `min_sparsity` (per producer layer name) bound what a group
+loses; every group keeps at least one channel.
+
+Example:
+>>> x = keras.Input((8, 8, 3))
+>>> y = keras.layers.Conv2D(8, 3, name="conv")(x)
+>>> y = keras.layers.BatchNormalization(name="bn")(y)
+>>> y = keras.layers.GlobalAveragePooling2D()(y)
+>>> model = keras.Model(x, keras.layers.Dense(2, name="head")(y))
+>>> pruned = tfprune.prune(model, None, granularity="filter")
+>>> tfprune.update_masks(pruned, 0.5)
+>>> tfprune.thin(pruned).get_layer("conv").filters
+4
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfprune import masking
+from tfprune import graph as graph_lib
+from tfprune import layers as layer_specs
+from tfprune.granularity import Granularity, _check_reduction
+
+BUDGETS = ("channels", "flops", "params")
+_CARRY = {"moving_mean", "moving_variance"}
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class Coupled(Granularity):
+    """Channels of coupled groups, across layers (see the module docstring).
+
+    Args:
+        kind: `"filter"` or `"channel"` (the same units in a graph: a
+            channel is removed with its producers and its readers).
+        reduction: `"mean"`, `"sum"`, `"max"` or `"l2"` over a unit's elements.
+        budget: `"channels"`, `"flops"` or `"params"`.
+        round_to: keep each group's channel count a multiple of this.
+    """
+
+    def __init__(
+        self, kind="filter", reduction="mean", budget="channels", round_to=None, excluded=()
+    ):
+        if kind not in ("filter", "channel"):
+            raise ValueError(f"Argument `kind` must be 'filter' or 'channel'. Received: kind={kind!r}")
+        _check_reduction(reduction)
+        if budget not in BUDGETS:
+            raise ValueError(f"Argument `budget` must be one of {BUDGETS}. Received: budget={budget!r}")
+        if round_to is not None and (
+            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
+        ):
+            raise ValueError(
+                f"Argument `round_to` must be a positive int or None. Received: round_to={round_to!r}"
+            )
+        self.kind, self.reduction, self.budget, self.round_to = kind, reduction, budget, round_to
+        # producers left out by `layers=`: their channels stay
+        self.excluded = tuple(sorted(str(n) for n in excluded))
+
+    def selects(self, layer):
+        return layer.name not in self.excluded
+
+    def weights(self, layer):
+        """Every float weight of the layer but normalization statistics."""
+        found = []
+        paths = _weight_paths(layer)
+        for variable in layer.weights:
+            path = paths.get(id(variable))
+            if path is None or path.split(".")[-1] in _CARRY:
+                continue
+            if not keras.backend.is_float_dtype(variable.dtype):
+                continue
+            found.append((variable, layer_specs.WeightSpec(path, None, None)))
+        return found
+
+    def selections(self, weights, specs):
+        return []  # decided across layers by `compute`
+
+    def get_config(self):
+        return {
+            "kind": self.kind,
+            "reduction": self.reduction,
+            "budget": self.budget,
+            "round_to": self.round_to,
+            "excluded": list(self.excluded),
+        }
+
+
+def _weight_paths(layer):
+    """`{id(variable): attribute path}` for the weights of `layer` (one level
+    of sublayers: `_query_dense.kernel`, `cell.kernel`)."""
+    paths = {}
+    for name, value in vars(layer).items():
+        if isinstance(value, keras.Variable):
+            paths.setdefault(id(value), name)
+    for name, sub in vars(layer).items():
+        if isinstance(sub, keras.layers.Layer) and not name.startswith("_tracker"):
+            for attr, value in vars(sub).items():
+                if isinstance(value, keras.Variable):
+                    paths.setdefault(id(value), f"{name}.{attr}")
+    return paths
+
+
+# ------------------------------------------------------------------ binding
+class Binding:
+    """The structure of one pruned model, as the pruner's compute reads it."""
+
+    def __init__(self, structure, granularity, min_sparsity=None, max_sparsity=None):
+        self.structure = structure
+        self.size = structure.size
+        self.eligible = structure.prunable.copy()
+        self.counts = np.zeros(self.size, dtype=np.float64)
+        self.axes = {}  # layer name -> {id(variable): [(axis, units)]}
+        for name, members in structure.members.items():
+            layer = structure.layers[name]
+            for m in members:
+                if m.role == "carry":
+                    continue
+                variable = layer_specs.resolve(layer, m.path)
+                self.axes.setdefault(name, {}).setdefault(id(variable), []).append(
+                    (m.axis, m.units.astype("int32"))
+                )
+                per_index = int(np.prod(variable.shape)) // variable.shape[m.axis]
+                np.add.at(self.counts, m.units, per_index)
+        self.counts = np.maximum(self.counts, 1.0).astype("float32")
+        self.groups = []  # (start, stop, eligible count, fixed count, low, high)
+        for g in structure.groups:
+            start, stop = int(g.units.min()), int(g.units.max()) + 1
+            eligible = int(self.eligible[start:stop].sum())
+            if not eligible:
+                continue
+            high = _cap(max_sparsity, g.producers, min)
+            low = _cap(min_sparsity, g.producers, max)
+            self.groups.append((start, stop, eligible, (stop - start) - eligible, low, high))
+        self.round_to = granularity.round_to
+        self.budget = granularity.budget
+        if self.budget != "channels":
+            self._cost_tables(self.budget)
+
+    def _cost_tables(self, kind):
+        terms = self.structure.costs[kind]
+        flat, space_ids, a, b, coef = [], [], [], [], []
+        n_spaces = 0
+        for t in terms:
+            ids = []
+            for space in t.spaces:
+                flat.append(space)
+                space_ids.append(np.full(len(space), n_spaces))
+                ids.append(n_spaces)
+                n_spaces += 1
+            if len(ids) > 2:
+                raise AssertionError("cost terms have at most two channel spaces")
+            ids += [-1] * (2 - len(ids))
+            a.append(ids[0])
+            b.append(ids[1])
+            coef.append(t.coefficient)
+        self.cost_units = np.concatenate(flat).astype("int32") if flat else np.zeros(0, "int32")
+        self.cost_spaces = np.concatenate(space_ids).astype("int32") if flat else self.cost_units
+        self.n_spaces = n_spaces
+        # index n_spaces holds the count 1 (terms with fewer spaces)
+        self.cost_a = np.where(np.array(a) < 0, n_spaces, a).astype("int32")
+        self.cost_b = np.where(np.array(b) < 0, n_spaces, b).astype("int32")
+        self.cost_coef = np.array(coef, dtype="float64")
+        self.full_cost = float(self.structure.count(kind))
+
+    def cost(self, keep):
+        """The budget's cost with the units `keep` kept (traceable)."""
+        kept = ops.take(ops.cast(keep, "float32"), self.cost_units)
+        counts = ops.segment_sum(kept, self.cost_spaces, num_segments=self.n_spaces)
+        counts = ops.concatenate([counts, ops.ones((1,), "float32")])
+        # in float32, relative to the full cost, so that large models stay exact enough
+        scale = np.float32(1.0 / max(self.full_cost, 1.0))
+        coef = ops.convert_to_tensor((self.cost_coef * scale).astype("float32"))
+        return ops.sum(coef * ops.take(counts, self.cost_a) * ops.take(counts, self.cost_b))
+
+
+def _cap(value, producers, pick):
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        found = [float(value[p]) for p in producers if p in value]
+        return pick(found) if found else None
+    return float(value)
+
+
+def bind(pruner, model):
+    """Builds the pruner's coupled structure from the (wrapped) model."""
+    structure = graph_lib.build(model, pruner.granularity.selects)
+    pruner.binding = Binding(
+        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity
+    )
+    return pruner.binding
+
+
+def bind_model(model, wrappers):
+    """Binds every coupled pruner of `wrappers` that has no structure yet."""
+    for pruner in {id(w.pruner): w.pruner for w in wrappers}.values():
+        if isinstance(pruner.granularity, Coupled) and getattr(pruner, "binding", None) is None:
+            bind(pruner, model)
+
+
+def wrapped_layer_names(structure):
+    """Layers with a masked weight slice in a prunable unit."""
+    return {
+        name
+        for name, members in structure.members.items()
+        if any(m.role != "carry" and structure.prunable[m.units].any() for m in members)
+    }
+
+
+def producers(structure):
+    return sorted({layer for layer, _, _ in structure.positions})
+
+
+# ------------------------------------------------------------------ compute
+def unit_scores(binding, members, criterion, reduction):
+    """One score per unit: `reduction` over the scores of all its elements."""
+    n = binding.size
+    total = ops.zeros((n,), "float32")
+    states = []
+    for m in members:
+        values = m._scoring_values()
+        scores = criterion.scores(values, m._criterion_state)
+        axes = binding.axes.get(m.layer.name, {})
+        for (variable, _, _), score in zip(m.pruning_vars, scores):
+            for axis, units in axes.get(id(variable), []):
+                score = ops.cast(score, "float32")
+                axis = axis % len(score.shape)
+                other = tuple(a for a in range(len(score.shape)) if a != axis)
+                if reduction == "max":
+                    vec = ops.max(score, axis=other) if other else score
+                    total = ops.maximum(total, ops.segment_max(vec, units, num_segments=n))
+                    continue
+                if reduction == "l2":
+                    score = ops.square(score)
+                vec = ops.sum(score, axis=other) if other else score
+                total = total + ops.segment_sum(vec, units, num_segments=n)
+        states.append(m)
+    if reduction == "mean":
+        return total / binding.counts
+    if reduction == "l2":
+        return ops.sqrt(total)
+    return total
+
+
+def _group_keep_counts(binding, sparsity):
+    """Units each group keeps (of its eligible ones) at a layer-wise sparsity."""
+    counts = []
+    for start, stop, eligible, fixed, low, high in binding.groups:
+        s = ops.cast(sparsity, "float32")
+        if low is not None or high is not None:
+            s = ops.clip(s, 0.0 if low is None else low, 0.999999 if high is None else high)
+        counts.append(masking.keep_count(eligible, s))
+    return counts
+
+
+def _rounded(binding, counts):
+    if not binding.round_to:
+        return counts
+    r = binding.round_to
+    out = []
+    for k, (_, _, eligible, fixed, _, _) in zip(counts, binding.groups):
+        total = ops.cast(k, "int32") + fixed
+        total = ((total + r - 1) // r) * r
+        out.append(ops.minimum(ops.maximum(total - fixed, 1), eligible))
+    return out
+
+
+def _per_group_top_k(binding, scores, counts):
+    keep = ops.logical_not(ops.convert_to_tensor(binding.eligible))
+    pieces, cursor = [], 0
+    for (start, stop, _, _, _, _), k in zip(binding.groups, counts):
+        if start > cursor:
+            pieces.append(keep[cursor:start])
+        eligible = ops.convert_to_tensor(binding.eligible[start:stop])
+        chosen, _ = masking.top_k_mask(scores[start:stop], ops.maximum(k, 1), eligible)
+        pieces.append(ops.logical_or(chosen, keep[start:stop]))
+        cursor = stop
+    if cursor < binding.size:
+        pieces.append(keep[cursor:])
+    return ops.concatenate(pieces)
+
+
+def _group_sums(binding, keep):
+    return [
+        ops.sum(ops.cast(ops.logical_and(keep[a:b], binding.eligible[a:b]), "int32"))
+        for a, b, *_ in binding.groups
+    ]
+
+
+def _forced(binding, scores):
+    """Units kept whatever the budget: each group's best, and `max_sparsity`."""
+    counts = []
+    for _, _, eligible, _, _, high in binding.groups:
+        counts.append(1 if high is None else max(1, masking.keep_count(eligible, high)))
+    return _per_group_top_k(binding, scores, counts)
+
+
+def _allowed(binding, scores):
+    """Units a global ranking may remove (`min_sparsity` forces removals: not
+    modelled globally; every eligible unit may go)."""
+    return ops.convert_to_tensor(binding.eligible)
+
+
+def select(binding, scores, sparsity, per_layer):
+    """The boolean keep vector over all units."""
+    scores = masking.non_negative(scores)
+    if binding.budget == "channels" and per_layer:
+        counts = _rounded(binding, _group_keep_counts(binding, sparsity))
+        return _per_group_top_k(binding, scores, counts)
+    forced = _forced(binding, scores)
+    eligible = ops.logical_and(_allowed(binding, scores), ops.logical_not(forced))
+    if binding.budget == "channels":
+        total = masking.keep_count(int(binding.eligible.sum()), sparsity)
+        room = total - ops.sum(ops.cast(ops.logical_and(forced, binding.eligible), "int32"))
+        chosen, _ = masking.top_k_mask(scores, room, eligible)
+        keep = ops.logical_or(ops.logical_or(chosen, forced), ~binding.eligible)
+    else:
+        keep = _keep_by_cost(binding, scores, eligible, sparsity)
+    if binding.round_to:
+        keep = _per_group_top_k(binding, scores, _rounded(binding, _group_sums(binding, keep)))
+    return keep
+
+
+def _keep_by_cost(binding, scores, removable, sparsity):
+    """Removes the lowest-scoring units until the cost falls to `1 - sparsity`
+    of the full cost: a binary search on the score threshold's bit pattern."""
+    bits = ops.view(ops.cast(scores, "float32"), "int32")
+    target = 1.0 - ops.cast(sparsity, "float32")
+
+    def keep_at(threshold):  # removes removable units scoring below `threshold`
+        return ops.logical_not(ops.logical_and(removable, ops.less(bits, threshold)))
+
+    def enough(threshold):
+        return ops.less_equal(binding.cost(keep_at(threshold)), target)
+
+    below = ops.convert_to_tensor(0, "int32")  # the largest threshold not enough
+    for bit in range(30, -1, -1):
+        candidate = ops.bitwise_or(below, 1 << bit)
+        below = ops.where(enough(candidate), below, candidate)
+    threshold = ops.where(enough(ops.convert_to_tensor(0, "int32")), 0, below + 1)
+    return keep_at(threshold)
+
+
+def masks(binding, members, keep):
+    """`[(mask variable, value)]` of every member wrapper's weights."""
+    updates = []
+    for m in members:
+        axes = binding.axes.get(m.layer.name, {})
+        for variable, mask_var, threshold_var in m.pruning_vars:
+            shape = tuple(variable.shape)
+            mask = ops.ones(shape, "bool")
+            for axis, units in axes.get(id(variable), []):
+                axis = axis % len(shape)
+                view = [1] * len(shape)
+                view[axis] = shape[axis]
+                kept = ops.reshape(ops.take(keep, units), view)
+                mask = ops.logical_and(mask, ops.broadcast_to(kept, shape))
+            updates.append((mask_var, mask))
+            updates.append((threshold_var, ops.convert_to_tensor(0.0, "float32")))
+    return updates
+
+
+def compute(pruner, members, sparsity):
+    """The pruner's new masks for coupled channels (all members at once)."""
+    binding = getattr(pruner, "binding", None)
+    if binding is None:
+        raise ValueError(
+            "This channel pruner has no dependency graph yet: train with "
+            "`tfprune.UpdatePruningStep()` or call `tfprune.update_masks(model, ...)`, "
+            "which build it from the model."
+        )
+    scores = unit_scores(binding, members, pruner.criterion, pruner.granularity.reduction)
+    keep = select(binding, scores, sparsity, pruner.scope.per_layer)
+    updates = masks(binding, members, keep)
+    for m in members:
+        updates += pruner.criterion.reset(m._criterion_state)
+    return updates
+
+
+def kept_fraction(binding, keep):
+    """Host-side helper: the cost kept, as a fraction (tests and reports)."""
+    keep = np.asarray(keep, bool)
+    return binding.structure.count(binding.budget, keep) / binding.full_cost
+
+

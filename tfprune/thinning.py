@@ -1,0 +1,426 @@
+"""Thinning: a smaller plain Keras model without the removed channels.
+
+`thin(model)` takes a channel-pruned model (wrapped, or stripped) and
+returns a new Sequential or Functional model of ordinary Keras layers whose
+`filters`/`units`/heads are reduced and whose weights are the kept slices.
+
+A channel is removed only where that provably leaves every output
+unchanged: every weight that *reads* it (the input slices of the layers
+consuming it, through residual merges, concatenations and depthwise convs)
+is exactly zero, it is not a model output and no layer without a rule reads
+it. What the channel's own producer computes then does not matter: a
+pruned filter followed by a normalization carries a constant (its shift),
+which the next layer reads through zero weights. Whole-group masking
+(`tfprune.prune(..., granularity="filter")`) zeroes the reads, so every
+masked channel goes; channels that look dead but are still read are kept
+and listed in the plan's `"kept"` notes.
+
+`thin` records what it removed as a `Plan` (JSON);
+`apply_plan(model, plan)` removes the same channels from a freshly built
+model of the same architecture, e.g. to load thinned weights into code that
+builds the model itself.
+
+Example:
+>>> x = keras.Input((4,))
+>>> h = keras.layers.Dense(8, name="hidden")(x)
+>>> model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+>>> w = model.get_layer("out").kernel
+>>> w.assign(keras.ops.where(keras.ops.arange(8)[:, None] < 3, w, 0.0))
+>>> small, plan = thin(model, return_plan=True)
+>>> small.get_layer("hidden").units, plan.removed["hidden"]["out"]
+(3, [3, 4, 5, 6, 7])
+"""
+
+import gzip
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional
+
+from tfprune import cloning
+from tfprune import graph as graph_lib
+from tfprune import layers as layer_specs
+
+PLAN_FORMAT = "tfprune.plan"
+
+
+class Plan:
+    """Which channels of which layers were removed.
+
+    Attributes:
+        removed: `{layer name: {"out" | "heads": [removed indices]}}`.
+        kept: notes on channels that looked removable but were kept.
+    """
+
+    def __init__(self, removed, kept=None):
+        self.removed = {
+            str(layer): {str(k): sorted(int(i) for i in v) for k, v in entry.items()}
+            for layer, entry in removed.items()
+        }
+        self.kept = list(kept or [])
+
+    def to_dict(self):
+        return {"format": PLAN_FORMAT, "version": 1, "removed": self.removed, "kept": self.kept}
+
+    def to_json(self, **kwargs):
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            f.write(self.to_json(indent=1))
+
+    @classmethod
+    def load(cls, source):
+        """A plan from a `Plan`, a dict, a JSON string or a JSON file path."""
+        if isinstance(source, Plan):
+            return source
+        if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+            with open(source) as f:
+                source = f.read()
+        if isinstance(source, str):
+            try:
+                source = json.loads(source)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"Argument `plan` is neither a plan file nor plan JSON: {error}. "
+                    f"Received: plan={source[:80]!r}"
+                ) from None
+        if not isinstance(source, dict) or source.get("format") != PLAN_FORMAT:
+            raise ValueError(
+                "Argument `plan` must be a `tfprune.Plan`, its `to_dict()`, its JSON or a "
+                f"file holding it (format {PLAN_FORMAT!r}). Received: plan={source!r:.200}"
+            )
+        return cls(source.get("removed", {}), source.get("kept", []))
+
+    @property
+    def total_removed(self):
+        return sum(len(v) for entry in self.removed.values() for v in entry.values())
+
+    def __repr__(self):
+        return f"Plan({len(self.removed)} layers, {self.total_removed} channels removed)"
+
+
+# --------------------------------------------------------------- deciding
+def _values(layer, path):
+    return keras.ops.convert_to_numpy(layer_specs.resolve(layer, path))
+
+
+def _axis_nonzero(value, axis):
+    axis = axis % value.ndim
+    other = tuple(a for a in range(value.ndim) if a != axis)
+    return np.any(value != 0, axis=other) if other else value != 0
+
+
+def removable_units(structure):
+    """`(remove, kept notes)`: units whose every read weight is exactly zero."""
+    read = np.zeros(structure.size, dtype=bool)
+    written = np.zeros(structure.size, dtype=bool)
+    readers = {}
+    for name, members in structure.members.items():
+        layer = structure.layers[name]
+        for m in members:
+            if m.role == "carry":
+                continue
+            nonzero = _axis_nonzero(_values(layer, m.path), m.axis)
+            hit = np.zeros(structure.size, dtype=bool)
+            hit[m.units[nonzero]] = True
+            if m.role == "read":
+                read |= hit
+                for u in np.flatnonzero(hit):
+                    readers.setdefault(int(u), name)
+            else:
+                written |= hit
+    candidates = structure.prunable | _unselected_but_free(structure)
+    remove = candidates & ~read
+    notes = []
+    for g in structure.groups:
+        units = g.units
+        if remove[units].all():  # a tensor keeps at least one channel
+            remove[units[0]] = False
+        dead = [int(u) for u in units if candidates[u] and not remove[u] and not written[u]]
+        for u in dead:
+            notes.append(
+                {
+                    "group": g.name,
+                    "unit": u,
+                    "reason": f"computed as zero but read by '{readers.get(u, '?')}' through "
+                    "non-zero weights (after a normalization a zero channel carries its shift)"
+                    if u in readers
+                    else "the group keeps at least one channel",
+                }
+            )
+    return remove, notes
+
+
+def _unselected_but_free(structure):
+    """Units of groups that are only unprunable for lack of selection."""
+    free = np.zeros(structure.size, dtype=bool)
+    for g in structure.groups:
+        if not g.prunable and g.reason == "a producer is not selected":
+            for u in g.units.tolist():
+                if u not in structure.fixed_by and u not in structure.blocked_by:
+                    free[u] = True
+    return free
+
+
+# ---------------------------------------------------------------- rebuild
+def _strip(model):
+    from tfprune.api import strip_pruning
+    from tfprune.wrapper import collect_prunable_layers
+
+    if collect_prunable_layers(model):
+        return strip_pruning(model)
+    return model
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model) or not cloning.is_graph_model(model):
+        raise ValueError(
+            "Argument `model` must be a Sequential or Functional `keras.Model` (its graph "
+            f"shows which channels are coupled). Received: model={model!r}"
+        )
+    if isinstance(model, Functional) and cloning._keeps_its_class(model):
+        raise ValueError(
+            f"Model '{model.name}' of type {type(model).__name__} is built from its own "
+            "constructor arguments, which cannot say that a layer has fewer channels; "
+            "thin its layers' graph as a plain `keras.Model(inputs, outputs)` instead."
+        )
+
+
+def _kept_count(units, keep):
+    return int(np.count_nonzero(keep[units]))
+
+
+def _resized(config, entries, keep):
+    config = dict(config)
+    for key, units in entries:
+        count = _kept_count(units, keep)
+        if key == "target_shape":
+            config[key] = tuple(config[key][:-1]) + (count,)
+        else:
+            config[key] = count
+    return config
+
+
+def _edit_layer_configs(layer_configs, structure, keep):
+    for entry in layer_configs:
+        entry.pop("build_config", None)
+        name = entry["config"].get("name", entry.get("name"))
+        if name in structure.resizes:
+            entry["config"] = _resized(entry["config"], structure.resizes[name], keep)
+
+
+def _rebuild(model, structure, keep):
+    config = model.get_config()
+    with cloning._classes_in_scope(model):
+        if isinstance(model, keras.Sequential):
+            _edit_layer_configs(config["layers"], structure, keep)
+            new = keras.Sequential.from_config(config)
+            if not new.built:
+                new.build(model.inputs[0].shape if model.inputs else None)
+        else:
+            _edit_layer_configs(config["layers"], structure, keep)
+            new = keras.Model.from_config(config)
+    return new
+
+
+def _slice(value, axes, keep):
+    for axis, units in axes:
+        value = np.compress(keep[units], value, axis=axis % value.ndim)
+    return value
+
+
+def _copy_weights(model, new, structure, keep):
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if layer.name not in structure.layers or not layer.weights:
+            continue
+        target = new.get_layer(layer.name)
+        axes = {}
+        for m in structure.members.get(layer.name, []):
+            variable = layer_specs.resolve(layer, m.path)
+            axes.setdefault(id(variable), []).append((m.axis, m.units))
+        values = []
+        for variable in layer.weights:
+            value = keras.ops.convert_to_numpy(variable)
+            values.append(_slice(value, axes.get(id(variable), []), keep))
+        for variable, value in zip(target.weights, values):
+            if tuple(variable.shape) != value.shape:
+                raise AssertionError(
+                    f"'{layer.name}': {variable.path} is {tuple(variable.shape)}, "
+                    f"sliced weight is {value.shape}"
+                )
+        target.set_weights(values)
+
+
+def _plan(structure, keep, notes):
+    removed = {}
+    for (layer, key, index), unit in structure.positions.items():
+        if not keep[unit]:
+            removed.setdefault(layer, {}).setdefault(key, []).append(index)
+    return Plan(removed, notes)
+
+
+def apply_keep(model, structure, keep):
+    """The model without the units `keep` drops (a new model)."""
+    new = _rebuild(model, structure, keep)
+    _copy_weights(model, new, structure, keep)
+    return new
+
+
+def thin(model, *, return_plan=False):
+    """Removes masked channels: a smaller model computing the same outputs.
+
+    Args:
+        model: a Sequential or Functional model pruned with
+            `tfprune.prune(..., granularity="filter")` (wrapped or stripped),
+            or any such model whose zero weights make channels unused.
+        return_plan: also return the `Plan` of removed channels.
+
+    Returns:
+        A new plain Keras model (uncompiled), or `(model, plan)`.
+    """
+    _check_model(model)
+    plain = _strip(model)
+    structure = graph_lib.build(plain, strict=False)
+    remove, notes = removable_units(structure)
+    keep = ~remove
+    new = apply_keep(plain, structure, keep)
+    if return_plan:
+        return new, _plan(structure, keep, notes)
+    return new
+
+
+def apply_plan(model, plan):
+    """Removes a plan's channels from a model of the same architecture.
+
+    The model's weights are sliced (its own values, not the thinned
+    model's): load the thinned weights afterwards, e.g.
+    `apply_plan(build_model(), "plan.json").load_weights("thin.weights.h5")`.
+
+    Args:
+        model: a Sequential or Functional model with the layers the plan names.
+        plan: a `Plan`, its dict or JSON, or the path of its JSON file.
+    """
+    _check_model(model)
+    plan = Plan.load(plan)
+    plain = _strip(model)
+    structure = graph_lib.build(plain, strict=False)
+    keep = np.ones(structure.size, dtype=bool)
+    for layer, entry in plan.removed.items():
+        for key, indices in entry.items():
+            for index in indices:
+                unit = structure.positions.get((layer, key, index))
+                if unit is None:
+                    raise ValueError(
+                        f"Argument `plan` removes {key} channel {index} of layer '{layer}', "
+                        f"which model '{model.name}' does not have. Received: plan={plan!r}"
+                    )
+                keep[unit] = False
+    fixed = [u for u in np.flatnonzero(~keep) if u in structure.fixed_by]
+    if fixed:
+        raise ValueError(
+            f"Argument `plan` removes channels model '{model.name}' cannot lose "
+            f"({structure.fixed_by[fixed[0]]}). Received: plan={plan!r}"
+        )
+    expected = _plan(structure, keep, [])
+    if expected.removed != plan.removed:
+        raise ValueError(
+            "Argument `plan` does not fit the model: channels coupled to the removed "
+            "ones (by residual merges or shared inputs) are not all listed. "
+            f"Received: plan={plan!r}"
+        )
+    return apply_keep(plain, structure, keep)
+
+
+# ----------------------------------------------------------------- report
+def keras_size(model):
+    """`(raw bytes, gzip bytes)` of the model saved as `.keras`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    return len(data), len(gzip.compress(data))
+
+
+class Report:
+    """Parameters and FLOPs per layer, and `.keras` sizes, before and after."""
+
+    def __init__(self, before, after, sizes=True):
+        self.rows = []
+        b = graph_lib.build(_strip(before), strict=False)
+        a = graph_lib.build(_strip(after), strict=False)
+        counts = {k: (b.layer_counts(k), a.layer_counts(k)) for k in ("params", "flops")}
+        for name in b.layers:
+            if isinstance(b.layers[name], keras.layers.InputLayer):
+                continue
+            row = {"layer": name}
+            for kind, (cb, ca) in counts.items():
+                row[f"{kind}_before"] = int(round(cb.get(name, 0)))
+                row[f"{kind}_after"] = int(round(ca.get(name, 0)))
+            if any(row[k] for k in row if k != "layer"):
+                self.rows.append(row)
+        self.totals = {
+            f"{kind}_{when}": int(round(sum(c.values())))
+            for kind, (cb, ca) in counts.items()
+            for when, c in (("before", cb), ("after", ca))
+        }
+        if sizes:
+            (self.totals["keras_bytes_before"], self.totals["keras_gzip_before"]) = keras_size(
+                _strip(before)
+            )
+            (self.totals["keras_bytes_after"], self.totals["keras_gzip_after"]) = keras_size(
+                _strip(after)
+            )
+
+    def ratio(self, kind):
+        return self.totals[f"{kind}_after"] / max(self.totals[f"{kind}_before"], 1)
+
+    def to_dict(self):
+        return {"rows": self.rows, "totals": self.totals}
+
+    def __str__(self):
+        head = f"{'layer':<32}{'params':>22}{'FLOPs':>26}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(
+                f"{r['layer'][:31]:<32}{r['params_before']:>10} -> {r['params_after']:<8}"
+                f"{r['flops_before']:>13} -> {r['flops_after']:<10}"
+            )
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<32}{t['params_before']:>10} -> {t['params_after']:<8}"
+            f"{t['flops_before']:>13} -> {t['flops_after']:<10}"
+        )
+        lines.append(
+            f"parameters x{self.ratio('params'):.3f}, FLOPs x{self.ratio('flops'):.3f}"
+        )
+        if "keras_bytes_before" in t:
+            lines.append(
+                f".keras size {t['keras_bytes_before']} -> {t['keras_bytes_after']} bytes "
+                f"(gzip {t['keras_gzip_before']} -> {t['keras_gzip_after']})"
+            )
+        return "\n".join(lines)
+
+
+def report(before, after, *, sizes=True):
+    """A `Report` comparing a model with its thinned version.
+
+    Example: `print(tfprune.thinning_report(model, tfprune.thin(model)))`.
+    """
+    return Report(before, after, sizes=sizes)
+
+
+def count_params(model):
+    """Parameters of a graph model, as the dependency graph counts them."""
+    return int(round(graph_lib.build(_strip(model), strict=False).count("params")))
+
+
+def count_flops(model):
+    """FLOPs of one forward pass of one example (2 per multiply-accumulate of
+    convolutions, dense layers and attention; element-wise work not counted)."""
+    return int(round(graph_lib.build(_strip(model), strict=False).count("flops")))
