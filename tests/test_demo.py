@@ -1,9 +1,11 @@
 import pytest
+from conftest import only_backends
 
 from tfprune import __main__ as cli
 from tfprune import demo
 
 
+@only_backends("tensorflow", reason="`make demo` runs on TensorFlow")
 def test_demo_reports_sparsity_accuracy_and_size():
     pytest.importorskip("sklearn")
     result = demo.run(epochs=2, prune_epochs=3, final_sparsity=0.9)

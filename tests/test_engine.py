@@ -8,6 +8,7 @@ from helpers import compile_model, data, fit, keep_count, wrappers
 
 import tfprune
 from tfprune import allocation
+from tfprune import granularity as granularity_lib
 
 
 def cnn():
@@ -133,8 +134,12 @@ def test_dict_scope_follows_the_schedule_and_prunes_only_named_layers():
 
 # ------------------------------------------------------------- structures
 def test_filter_granularity_zeroes_whole_output_channels_and_their_outputs():
+    # A Filter instance prunes each layer on its own (the string "filter"
+    # follows the dependency graph: tests/test_thinning.py).
     model = cnn()
-    pruned = tfprune.prune(model, tfprune.ConstantSparsity(0.5, 0, frequency=1), granularity="filter")
+    pruned = tfprune.prune(
+        model, tfprune.ConstantSparsity(0.5, 0, frequency=1), granularity=granularity_lib.Filter()
+    )
     x, y = data((8, 8, 3), classes=4)
     one_pruning_step(pruned, x, y)
     conv1 = wrappers(pruned)[0]
@@ -160,7 +165,7 @@ def test_filter_granularity_zeroes_whole_output_channels_and_their_outputs():
 )
 def test_dense_structures_mask_whole_slices(granularity, axis):
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(10, name="d")])
-    pruned = tfprune.prune(model, None, granularity=granularity)
+    pruned = tfprune.prune(model, None, granularity=granularity_lib.get(granularity))
     tfprune.update_masks(pruned, 0.5)
     mask = to_numpy(wrappers(pruned)[0].pruning_vars[0][1])
     units = mask.all(axis=1 - axis)
@@ -260,7 +265,7 @@ def test_apoz_from_calibration_data_prunes_dead_channels():
     kernel = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
     bias = np.array([0, 0, -100, 0, -100, 0], "float32")  # channels 2 and 4 never fire
     model.layers[0].set_weights([kernel, bias])
-    pruned = tfprune.prune(model, None, criterion="apoz", granularity="filter")
+    pruned = tfprune.prune(model, None, criterion="apoz", granularity=granularity_lib.Filter())
     with pytest.raises(ValueError, match="collect_statistics"):
         tfprune.update_masks(pruned, 1 / 3)
     x = np.random.default_rng(1).normal(size=(40, 5)).astype("float32")
@@ -273,7 +278,10 @@ def test_apoz_from_calibration_data_prunes_dead_channels():
 def test_activation_mean_collected_during_training():
     model = cnn()
     pruned = tfprune.prune(
-        model, tfprune.ConstantSparsity(0.5, 0, frequency=4), criterion="activation_mean", granularity="filter"
+        model,
+        tfprune.ConstantSparsity(0.5, 0, frequency=4),
+        criterion="activation_mean",
+        granularity=granularity_lib.Filter(),
     )
     x, y = data((8, 8, 3), n=32, classes=4)
     compile_model(pruned)
@@ -452,7 +460,10 @@ def test_engine_state_survives_keras_save_and_load_mid_training(tmp_path, option
 def test_different_pruners_on_different_layers_and_one_after_another():
     model = cnn()
     convs = tfprune.prune(
-        model, tfprune.ConstantSparsity(0.5, 0, frequency=2), granularity="filter", layers=["conv1", "conv2"]
+        model,
+        tfprune.ConstantSparsity(0.5, 0, frequency=2),
+        granularity=granularity_lib.Filter(),
+        layers=["conv1", "conv2"],
     )
     both = tfprune.prune(convs, tfprune.ConstantSparsity(0.9, 0, frequency=2), scope="global", layers=["fc1", "fc2"])
     kinds = {w.layer.name: (type(w.pruner.granularity).__name__, type(w.pruner.scope).__name__) for w in wrappers(both)}
@@ -491,7 +502,14 @@ def test_different_pruners_on_different_layers_and_one_after_another():
         ({"layers": "fc1"}, TypeError, r"layers='fc1'"),
         ({"max_sparsity": 1.0}, ValueError, r"max_sparsity=1.0"),
         ({"reduction": "median", "granularity": "filter"}, ValueError, r"reduction='median'"),
-        ({"scope": tfprune.SensitivityThreshold(0.5), "granularity": "filter"}, ValueError, "granularity='element'"),
+        (
+            {"scope": tfprune.SensitivityThreshold(0.5), "granularity": granularity_lib.Filter()},
+            ValueError,
+            "granularity='element'",
+        ),
+        ({"scope": "lamp", "granularity": "filter"}, ValueError, r"coupled groups .*scope=LAMP"),
+        ({"budget": "flops"}, ValueError, r"granularity='element', budget='flops'"),
+        ({"granularity": "filter", "round_to": 0}, ValueError, r"round_to=0"),
         ({"granularity": "head"}, ValueError, r"No layer of 'sequential.*' has weights .*Head"),
     ],
 )

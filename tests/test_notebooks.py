@@ -1,13 +1,15 @@
-"""The notebooks run top to bottom (on the current backend), so they cannot rot."""
+"""The notebooks run top to bottom (TensorFlow, as `make demo`), so they cannot rot."""
 
 import os
 import pathlib
 
 import pytest
+from conftest import only_backends
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@only_backends("tensorflow", reason="the notebooks' own backend (make demo's); slow elsewhere")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path):
     nbformat = pytest.importorskip("nbformat")

@@ -108,8 +108,9 @@ class Pruner:
 
     def _check_combination(self):
         kind = self.scope.kind
-        if isinstance(self.granularity, structured.Coupled) and not isinstance(
-            self.scope, (allocation.LayerWise, allocation.Global)
+        if isinstance(self.granularity, structured.Coupled) and type(self.scope) not in (
+            allocation.LayerWise,
+            allocation.Global,
         ):
             raise ValueError(
                 "Channels of coupled groups take scope='layer' (each group prunes the "

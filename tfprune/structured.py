@@ -29,6 +29,7 @@ Example:
 >>> y = keras.layers.BatchNormalization(name="bn")(y)
 >>> y = keras.layers.GlobalAveragePooling2D()(y)
 >>> model = keras.Model(x, keras.layers.Dense(2, name="head")(y))
+>>> import tfprune
 >>> pruned = tfprune.prune(model, None, granularity="filter")
 >>> tfprune.update_masks(pruned, 0.5)
 >>> tfprune.thin(pruned).get_layer("conv").filters
@@ -82,16 +83,22 @@ class Coupled(Granularity):
         return layer.name not in self.excluded
 
     def weights(self, layer):
-        """Every float weight of the layer but normalization statistics."""
+        """Every float weight of the layer but normalization statistics.
+
+        Each gets the axis of the layer's output channels where it has one
+        (activation criteria broadcast their per-channel statistic along it).
+        """
         found = []
         paths = _weight_paths(layer)
+        out_axes = _output_axes(layer)
         for variable in layer.weights:
             path = paths.get(id(variable))
             if path is None or path.split(".")[-1] in _CARRY:
                 continue
             if not keras.backend.is_float_dtype(variable.dtype):
                 continue
-            found.append((variable, layer_specs.WeightSpec(path, None, None)))
+            out_axis = out_axes.get(id(variable), 0 if len(variable.shape) == 1 else None)
+            found.append((variable, layer_specs.WeightSpec(path, None, out_axis)))
         return found
 
     def selections(self, weights, specs):
@@ -105,6 +112,23 @@ class Coupled(Granularity):
             "round_to": self.round_to,
             "excluded": list(self.excluded),
         }
+
+
+def _output_axes(layer):
+    """`{id(variable): axis of the layer's output channels}` for its kernels."""
+    axes = {}
+    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        if layer.depth_multiplier == 1:
+            axes[id(layer.kernel)] = -2
+        return axes
+    for spec in layer_specs.describe(layer) or ():
+        try:
+            variable = layer_specs.resolve(layer, spec.path)
+        except AttributeError:
+            continue
+        if spec.out_axis is not None:
+            axes[id(variable)] = spec.out_axis
+    return axes
 
 
 def _weight_paths(layer):
@@ -131,6 +155,7 @@ class Binding:
         self.size = structure.size
         self.eligible = structure.prunable.copy()
         self.counts = np.zeros(self.size, dtype=np.float64)
+        self.write_counts = np.zeros(self.size, dtype=np.float64)
         self.axes = {}  # layer name -> {id(variable): [(axis, units)]}
         for name, members in structure.members.items():
             layer = structure.layers[name]
@@ -139,11 +164,14 @@ class Binding:
                     continue
                 variable = layer_specs.resolve(layer, m.path)
                 self.axes.setdefault(name, {}).setdefault(id(variable), []).append(
-                    (m.axis, m.units.astype("int32"))
+                    (m.axis, m.units.astype("int32"), m.role)
                 )
                 per_index = int(np.prod(variable.shape)) // variable.shape[m.axis]
                 np.add.at(self.counts, m.units, per_index)
+                if m.role == "write":
+                    np.add.at(self.write_counts, m.units, per_index)
         self.counts = np.maximum(self.counts, 1.0).astype("float32")
+        self.write_counts = np.maximum(self.write_counts, 1.0).astype("float32")
         self.groups = []  # (start, stop, eligible count, fixed count, low, high)
         for g in structure.groups:
             start, stop = int(g.units.min()), int(g.units.max()) + 1
@@ -235,16 +263,22 @@ def producers(structure):
 
 # ------------------------------------------------------------------ compute
 def unit_scores(binding, members, criterion, reduction):
-    """One score per unit: `reduction` over the scores of all its elements."""
+    """One score per unit: `reduction` over the scores of all its elements.
+
+    Activation statistics describe the channels a layer writes, so with an
+    activation criterion only the writing slices count.
+    """
     n = binding.size
     total = ops.zeros((n,), "float32")
-    states = []
+    counts = binding.write_counts if criterion.needs_outputs else binding.counts
     for m in members:
         values = m._scoring_values()
         scores = criterion.scores(values, m._criterion_state)
         axes = binding.axes.get(m.layer.name, {})
         for (variable, _, _), score in zip(m.pruning_vars, scores):
-            for axis, units in axes.get(id(variable), []):
+            for axis, units, role in axes.get(id(variable), []):
+                if criterion.needs_outputs and role != "write":
+                    continue
                 score = ops.cast(score, "float32")
                 axis = axis % len(score.shape)
                 other = tuple(a for a in range(len(score.shape)) if a != axis)
@@ -256,9 +290,8 @@ def unit_scores(binding, members, criterion, reduction):
                     score = ops.square(score)
                 vec = ops.sum(score, axis=other) if other else score
                 total = total + ops.segment_sum(vec, units, num_segments=n)
-        states.append(m)
     if reduction == "mean":
-        return total / binding.counts
+        return ops.divide(total, ops.convert_to_tensor(counts))
     if reduction == "l2":
         return ops.sqrt(total)
     return total
@@ -371,7 +404,7 @@ def masks(binding, members, keep):
         for variable, mask_var, threshold_var in m.pruning_vars:
             shape = tuple(variable.shape)
             mask = ops.ones(shape, "bool")
-            for axis, units in axes.get(id(variable), []):
+            for axis, units, _ in axes.get(id(variable), []):
                 axis = axis % len(shape)
                 view = [1] * len(shape)
                 view[axis] = shape[axis]
