@@ -140,13 +140,17 @@ def _transfer_weights(source, target, weights_source):
 
 
 def _inference_only_operations(model):
-    """Ids of operations that every call in `model` makes with `training=False`."""
+    """Ids of sub-models that every call in `model` makes with `training=False`.
+
+    Only sub-models: a layer's recorded `training=False` may be its own
+    default (recurrent layers record it for every call).
+    """
     if isinstance(model, keras.Sequential):
         return set()
     calls = {}
     for nodes in model._nodes_by_depth.values():
         for node in nodes:
-            if node.operation is None or node.is_input:
+            if node.operation is None or node.is_input or not is_graph_model(node.operation):
                 continue
             frozen = node.arguments.kwargs.get("training") is False
             key = id(node.operation)

@@ -522,7 +522,8 @@ def reshape(b, layer, node, inputs):
     source, target = node.input_tensors[0].shape[1:], node.outputs[0].shape[1:]
     s = inputs[0]
     if target and source and target[-1] == source[-1] and len(s) == source[-1]:
-        b.resize(layer, "target_shape", s)
+        if isinstance(layer, L.Reshape):
+            b.resize(layer, "target_shape", s)
         return [s]  # spatial dims reshaped, channels unchanged
     if None in source or None in target or not target:
         return _unknown(b, layer, inputs, node.outputs, " (dynamic shape)")
@@ -530,7 +531,8 @@ def reshape(b, layer, node, inputs):
     rows = positions.reshape(-1, target[-1])
     if not (rows == rows[:1]).all():
         return _unknown(b, layer, inputs, node.outputs, " (channels split across axes)")
-    b.resize(layer, "target_shape", rows[0])
+    if isinstance(layer, L.Reshape):
+        b.resize(layer, "target_shape", rows[0])
     return [rows[0]]
 
 
@@ -790,12 +792,13 @@ class Structure:
             prunable_units = [
                 int(u) for u in units if int(u) not in unit_fixed and int(u) not in unit_blocked
             ]
+            blocked = [unit_blocked[u] for u in units.tolist() if u in unit_blocked]
+            if blocked and not reason and strict:
+                raise UnknownLayerError(_blocked_message(self, blocked[0], names))
+            if blocked and not prunable_units:
+                reason = f"read by '{blocked[0]}', which has no channel rule"
             group = Group(names[0] if names else f"group_{len(self.groups)}", units,
                           tuple(names), not reason and bool(prunable_units), reason)
-            if group.prunable:
-                blocked = [unit_blocked[u] for u in units.tolist() if u in unit_blocked]
-                if blocked and strict:
-                    raise UnknownLayerError(_blocked_message(self, blocked[0], names))
             if group.prunable:
                 self.prunable[prunable_units] = True
             self.unit_group[units] = len(self.groups)

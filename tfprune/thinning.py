@@ -117,7 +117,10 @@ def _axis_nonzero(value, axis):
 def removable_units(structure):
     """`(remove, kept notes)`: units whose every read weight is exactly zero."""
     read = np.zeros(structure.size, dtype=bool)
-    written = np.zeros(structure.size, dtype=bool)
+    produced = np.zeros(structure.size, dtype=bool)  # a producer's slice is non-zero
+    producer_units = {}
+    for (layer, _, _), unit in structure.positions.items():
+        producer_units.setdefault(layer, set()).add(unit)
     readers = {}
     for name, members in structure.members.items():
         layer = structure.layers[name]
@@ -131,8 +134,10 @@ def removable_units(structure):
                 read |= hit
                 for u in np.flatnonzero(hit):
                     readers.setdefault(int(u), name)
-            else:
-                written |= hit
+            elif m.role == "write" and name in producer_units:
+                mine = np.zeros(structure.size, dtype=bool)
+                mine[list(producer_units[name])] = True
+                produced |= hit & mine
     candidates = structure.prunable | _unselected_but_free(structure)
     remove = candidates & ~read
     notes = []
@@ -140,7 +145,7 @@ def removable_units(structure):
         units = g.units
         if remove[units].all():  # a tensor keeps at least one channel
             remove[units[0]] = False
-        dead = [int(u) for u in units if candidates[u] and not remove[u] and not written[u]]
+        dead = [int(u) for u in units if candidates[u] and not remove[u] and not produced[u]]
         for u in dead:
             notes.append(
                 {

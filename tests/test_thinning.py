@@ -1,0 +1,340 @@
+"""The channel dependency graph, coupled channel pruning and thinning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, only_backends, to_numpy
+
+import tfprune
+from tfprune import graph
+from tfprune.masking import keep_count
+
+
+def calibrate(model, x):
+    """BatchNormalization statistics of `x` (momentum 0 for one training call),
+    so that the outputs depend on the inputs and equality checks mean something."""
+    norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    saved = [n.momentum for n in norms]
+    for n in norms:
+        n.momentum = 0.0
+    model(x, training=True)
+    for n, m in zip(norms, saved):
+        n.momentum = m
+
+
+def assert_same_outputs(a, b, x, atol=1e-4):
+    ya, yb = to_numpy(a(x, training=False)), to_numpy(b(x, training=False))
+    assert ya.shape == yb.shape
+    np.testing.assert_allclose(ya, yb, atol=atol, rtol=0)
+    return ya
+
+
+def zoo():
+    """A model using every channel rule of image models."""
+    x = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.Conv2D(16, 3, padding="same", name="stem")(x)
+    h = keras.layers.BatchNormalization(name="stem_bn")(h)
+    h = keras.layers.ReLU(name="stem_relu")(h)
+    # residual block: the shortcut and the branch prune together
+    r = keras.layers.Conv2D(8, 1, name="reduce")(h)
+    r = keras.layers.BatchNormalization(name="reduce_bn")(r)
+    r = keras.layers.Activation("swish", name="reduce_swish")(r)
+    r = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(r)
+    r = keras.layers.Conv2D(16, 1, name="expand")(r)
+    r = keras.layers.BatchNormalization(name="expand_bn")(r)
+    h = keras.layers.Add(name="add")([h, r])
+    # squeeze-excite: the gate multiplies the channels it was computed from
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(h)
+    s = keras.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(s)
+    s = keras.layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(s)
+    h = keras.layers.Multiply(name="se")([h, s])
+    # two branches concatenated (offsets), one a grouped conv
+    a = keras.layers.SeparableConv2D(8, 3, padding="same", name="sep")(h)
+    b = keras.layers.Conv2D(8, 1, name="pre")(h)
+    b = keras.layers.Conv2D(12, 1, groups=4, name="grouped")(b)
+    c = keras.layers.Concatenate(name="concat")([a, b])
+    c = keras.layers.MaxPooling2D(name="pool")(c)
+    c = keras.layers.Conv2D(8, 3, padding="same", name="tail")(c)
+    c = keras.layers.GroupNormalization(groups=4, name="gn")(c)
+    f = keras.layers.Flatten(name="flat")(c)
+    f = keras.layers.Dense(12, activation="relu", name="fc")(f)
+    return keras.Model(x, keras.layers.Dense(5, name="logits")(f), name="zoo")
+
+
+def sizes(model):
+    found = {}
+    for layer in model.layers:
+        for key in ("filters", "units", "num_heads", "groups", "output_dim"):
+            if hasattr(layer, key) and not isinstance(getattr(layer, key), (list, tuple)):
+                found.setdefault(layer.name, getattr(layer, key))
+    return found
+
+
+# ----------------------------------------------------------------- graph
+def test_the_graph_couples_residual_merges_concatenations_and_gates():
+    structure = graph.build(zoo())
+    groups = {g.name: g for g in structure.groups if g.prunable}
+    # stem, expand and the gate's expand share the residual stream's channels
+    assert set(groups["stem"].producers) == {"stem", "expand", "se_expand"}
+    assert groups["stem"].size == 16
+    # a grouped conv (4 groups) removes the same filter from each group, and
+    # reads the same input from each group: 12 filters in 3 units, 8 inputs in 2
+    assert groups["grouped"].size == 3 and groups["pre"].size == 2
+    # the concatenation does not couple its inputs
+    assert groups["sep"].size == 8
+    # GroupNormalization removes whole groups: 4 units of 2 channels
+    assert groups["tail"].size == 4
+    assert {g.name for g in structure.groups if not g.prunable} >= {"logits"}
+    assert structure.count("params") == zoo().count_params()
+
+
+def test_counts_of_params_and_flops_follow_the_layers():
+    x = keras.Input((10, 10, 3))
+    y = keras.layers.Conv2D(4, 3, name="c")(x)  # 8x8x4 outputs, 27 inputs each
+    model = keras.Model(x, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(y)))
+    assert tfprune.count_params(model) == model.count_params() == 3 * 3 * 3 * 4 + 4 + 256 * 2 + 2
+    assert tfprune.count_flops(model) == 2 * (8 * 8 * 27 * 4) + 2 * (256 * 2)
+
+
+# -------------------------------------------------------- masking, thinning
+@pytest.mark.parametrize("granularity", ["filter", "channel"])
+def test_masked_model_equals_the_thinned_one_for_every_rule(rng, granularity):
+    model = zoo()
+    x = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    calibrate(model, x)
+    pruned = tfprune.prune(model, None, granularity=granularity)
+    kinds = {type(w.layer).__name__ for w in tfprune.wrapper.collect_prunable_layers(pruned)}
+    assert {"BatchNormalization", "DepthwiseConv2D", "GroupNormalization"} <= kinds
+    tfprune.update_masks(pruned, 0.5)
+    small, plan = tfprune.thin(pruned, return_plan=True)
+    y = assert_same_outputs(pruned, small, x)
+    assert y.std(axis=0).mean() > 1e-3  # the outputs depend on the inputs
+    assert sizes(small) == {
+        "stem": 8, "expand": 8, "se_expand": 8, "reduce": 4, "se_reduce": 2, "sep": 4,
+        "pre": 4, "grouped": 8, "tail": 4, "gn": 2, "fc": 6, "logits": 5,
+    }  # fmt: skip
+    assert plan.kept == []
+    # nothing of tfprune is left in the thinned model
+    assert all(type(layer).__module__.startswith("keras.") for layer in small.layers)
+    assert small.count_params() < model.count_params() / 2
+    # the plan replays on a freshly built model of the same architecture
+    fresh = tfprune.apply_plan(zoo(), json.loads(plan.to_json()))
+    assert fresh.get_config() == small.get_config()
+    fresh.set_weights(small.get_weights())
+    assert_same_outputs(small, fresh, x, atol=0)
+
+
+def test_sequence_models_thin_units_and_heads(rng):
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(20, 16, name="embed")(tokens)
+    h = keras.layers.LSTM(12, return_sequences=True, name="lstm")(h)
+    h = keras.layers.GRU(10, return_sequences=True, name="gru")(h)
+    q = keras.layers.Dense(16, name="proj")(h)
+    a = keras.layers.MultiHeadAttention(num_heads=4, key_dim=4, name="mha")(q, q)
+    h = keras.layers.Add()([q, a])
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="out")(h))
+    x = rng.integers(0, 20, size=(8, 6)).astype("int32")
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, x)
+    assert sizes(small) == {
+        "embed": 8, "lstm": 6, "gru": 5, "proj": 8, "mha": 2, "out": 3
+    }  # fmt: skip
+
+
+def test_layer_normalization_keeps_its_channels(rng):
+    x = keras.Input((5, 8))
+    h = keras.layers.Dense(8, name="d1")(x)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    model = keras.Model(x, keras.layers.Dense(2, name="d2")(keras.layers.Dense(6, name="mid")(h)))
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    assert sizes(tfprune.thin(pruned)) == {"d1": 8, "mid": 3, "d2": 2}
+
+
+def test_thin_keeps_zero_channels_that_are_still_read(rng):
+    """Per-layer filters zero a conv's outputs, but BatchNormalization's shift
+    makes them a constant the next conv reads: they stay, and the plan says why."""
+    x = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="c1")(x)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(x, keras.layers.Conv2D(3, 3, padding="same", name="c2")(h))
+    model.get_layer("bn").beta.assign(np.full(4, 0.5, "float32"))
+    pruned = tfprune.prune(model, None, granularity=tfprune.granularity.Filter(), layers=["c1"])
+    tfprune.update_masks(pruned, 0.5)
+    small, plan = tfprune.thin(tfprune.strip_pruning(pruned), return_plan=True)
+    assert small.get_layer("c1").filters == 4
+    assert len(plan.kept) == 2 and "read by 'c2'" in plan.kept[0]["reason"]
+    assert_same_outputs(pruned, small, rng.normal(size=(4, 6, 6, 2)).astype("float32"))
+
+
+def test_unknown_layer_on_a_coupled_path_is_named_before_anything_changes():
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    x = keras.Input((4,))
+    h = Scale(name="my_scale")(keras.layers.Dense(8, name="d1")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="d2")(h))
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"Layer 'my_scale' \(Scale\) reads channels .*'d1'"):
+        tfprune.prune(model, None, granularity="filter")
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    graph.register(Scale, graph.passthrough)
+    try:
+        pruned = tfprune.prune(model, None, granularity="filter")
+        tfprune.update_masks(pruned, 0.5)
+        assert tfprune.thin(pruned).get_layer("d1").units == 4
+    finally:
+        del graph.RULES[Scale]
+
+
+def test_bad_plans_are_refused():
+    model = zoo()
+    with pytest.raises(ValueError, match="Argument `plan` must be"):
+        tfprune.apply_plan(model, {"removed": {}})
+    plan = {"format": "tfprune.plan", "version": 1, "removed": {"nope": {"out": [0]}}}
+    with pytest.raises(ValueError, match="layer 'nope'"):
+        tfprune.apply_plan(model, plan)
+    partial = {"format": "tfprune.plan", "version": 1, "removed": {"stem": {"out": [0]}}}
+    with pytest.raises(ValueError, match="coupled to the removed ones"):
+        tfprune.apply_plan(model, partial)  # 'expand' and 'se_expand' share it
+
+
+# ------------------------------------------------------- budgets, training
+def test_round_to_and_per_layer_limits(rng):
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(40, 3, name="a")(x)
+    h = keras.layers.Conv2D(30, 3, name="b")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    pruned = tfprune.prune(
+        model, None, granularity="filter", round_to=8, max_sparsity={"b": 0.2}
+    )
+    tfprune.update_masks(pruned, 0.7)
+    # a: 40 * 0.3 = 12 kept, rounded up to 16; b: at most 20% removed: 24
+    assert sizes(tfprune.thin(pruned)) == {"a": 16, "b": 24, "out": 2}
+
+
+@pytest.mark.parametrize("budget", ["flops", "params"])
+def test_a_flops_or_parameter_budget_removes_that_fraction(budget):
+    model = zoo()
+    pruned = tfprune.prune(model, None, granularity="filter", budget=budget)
+    tfprune.update_masks(pruned, 0.4)
+    count = tfprune.count_flops if budget == "flops" else tfprune.count_params
+    kept = count(tfprune.thin(pruned)) / count(model)
+    # at most the target; short of it by less than the costliest unit (removing
+    # others only makes a unit cheaper)
+    structure = graph.build(model)
+    full = structure.count(budget)
+    costliest = max(
+        full - structure.count(budget, np.arange(structure.size) != u)
+        for u in np.flatnonzero(structure.prunable)
+    )
+    assert 0.6 - costliest / full <= kept <= 0.6, (kept, costliest / full)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor"])
+def test_structured_agp_during_fit_masks_exact_counts_and_thins(rng, criterion):
+    model = zoo()
+    x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, size=64)
+    calibrate(model, x)
+    schedule = tfprune.PolynomialDecay(0.0, 0.5, begin_step=2, end_step=6, frequency=2)
+    pruned = tfprune.prune(model, schedule, granularity="filter", criterion=criterion)
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    binding = pruned.get_layer("prune_low_magnitude_stem").pruner.binding
+    bias = to_numpy(pruned.get_layer("prune_low_magnitude_stem").pruning_vars[1][1])
+    assert int(bias.sum()) == keep_count(16, 0.5)
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, x)
+    assert sizes(small)["stem"] == 8 and sizes(small)["tail"] == 4
+    assert binding.structure.size == graph.build(model).size
+
+
+def test_coupled_pruning_survives_saving_mid_training(rng, tmp_path):
+    model = zoo()
+    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, size=32)
+    schedule = tfprune.PolynomialDecay(0.0, 0.5, begin_step=1, end_step=8, frequency=1)
+    pruned = tfprune.prune(model, schedule, granularity="filter", criterion="movement")
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    path = tmp_path / "half.keras"
+    pruned.save(path)
+    loaded = keras.models.load_model(path)
+    loaded.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    small = tfprune.thin(loaded)
+    assert_same_outputs(loaded, small, x)
+    assert sizes(small)["stem"] == 8
+
+
+# ------------------------------------------------- keras.applications (TF)
+LOADER = """
+import json, sys
+import numpy as np, keras
+assert "tfprune" not in sys.modules
+for path in sys.argv[1:]:
+    model = keras.models.load_model(path + ".keras")
+    x, y = np.load(path + ".x.npy"), np.load(path + ".y.npy")
+    np.testing.assert_allclose(model.predict(x, verbose=0), y, atol=1e-5, rtol=0)
+assert not any(m.startswith("tfprune") for m in sys.modules)
+print("ok", len(sys.argv) - 1)
+"""
+
+
+@only_backends("tensorflow", reason="TFLite; the graph is backend-independent (zoo tests)")
+def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path):
+    import tensorflow as tf
+
+    saved = []
+    x = rng.normal(loc=100.0, scale=50.0, size=(8, 32, 32, 3)).astype("float32")
+    for name in ("ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"):
+        model = getattr(keras.applications, name)(
+            weights=None, input_shape=(32, 32, 3), classifier_activation=None
+        )
+        calibrate(model, x)
+        pruned = tfprune.prune(model, None, granularity="filter")
+        tfprune.update_masks(pruned, 0.5)
+        small = tfprune.thin(pruned)
+        y = assert_same_outputs(pruned, small, x)
+        assert y.std(axis=0).mean() > 1e-4, name
+        assert small.count_params() <= model.count_params() / 2, name
+        path = str(tmp_path / name)
+        small.save(path + ".keras")
+        np.save(path + ".x.npy", x)
+        np.save(path + ".y.npy", to_numpy(small(x)))
+        saved.append(path)
+        if name in ("MobileNetV2", "EfficientNetB0"):  # (ResNet50 and DenseNet121: bench)
+            interpreter = tf.lite.Interpreter(
+                model_content=tf.lite.TFLiteConverter.from_keras_model(small).convert()
+            )
+            source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+            interpreter.resize_tensor_input(source["index"], x.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(source["index"], x)
+            interpreter.invoke()
+            np.testing.assert_allclose(interpreter.get_tensor(target["index"]), y, atol=1e-4)
+        if name in ("ResNet50", "MobileNetV2"):
+            flops = tfprune.prune(model, None, granularity="filter", budget="flops")
+            tfprune.update_masks(flops, 0.5)
+            ratio = tfprune.count_flops(tfprune.thin(flops)) / tfprune.count_flops(model)
+            assert abs(ratio - 0.5) <= 0.005, (name, ratio)
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", LOADER, *saved], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "ok 4" in out.stdout, out.stderr[-2000:]
