@@ -5,9 +5,9 @@ import re
 
 import keras
 import numpy as np
+from conftest import only_backends
 
 import tfprune
-from conftest import only_backends
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
@@ -83,3 +83,33 @@ def test_the_one_shot_example_runs():
     exec(compile(block, str(README), "exec"), namespace)
     kernel = keras.ops.convert_to_numpy(namespace["recovered"].get_layer("head").kernel)
     assert (kernel == 0).sum() == kernel.size // 2
+
+
+def test_the_thinning_example_runs(tmp_path, monkeypatch):
+    (block,) = _section("Thinning: remove channels, get a smaller model")
+    resnet = "keras.applications.ResNet50(weights=None, input_shape=(128, 128, 3))"
+    assert resnet in block
+    block = block.replace(resnet, "build_model()")
+
+    def build_model():  # a small residual network with ResNet50's first layer name
+        x = keras.Input((8, 8, 3))
+        h = keras.layers.Conv2D(16, 3, padding="same", name="conv1_conv")(x)
+        h = keras.layers.BatchNormalization(name="bn")(h)
+        h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="mid")(h)
+        r = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="branch")(h)
+        h = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.Add(name="add")([h, r]))
+        return keras.Model(x, keras.layers.Dense(3, name="head")(h), name="small")
+
+    monkeypatch.chdir(tmp_path)
+    namespace = {"keras": keras, "tfprune": tfprune, "build_model": build_model}
+    # the weights the last lines load: those of the first example's thinned model
+    exec(compile(block.split("# Half of the FLOPs")[0], str(README), "exec"), namespace)
+    namespace["small"].save_weights("thinned.weights.h5")
+    exec(compile(block, str(README), "exec"), namespace)
+    # before training nothing is masked: the plan removes nothing
+    assert namespace["plan"].total_removed == 0
+    assert namespace["same"].get_layer("conv1_conv").filters == 16
+    flops = tfprune.thin(namespace["pruned"])  # the FLOPs budget, one shot
+    ratio = tfprune.count_flops(flops) / tfprune.count_flops(build_model())
+    assert 0.3 < ratio <= 0.5 and flops.get_layer("branch").filters % 8 == 0
+    assert flops.get_layer("conv1_conv").filters >= 12

@@ -175,7 +175,7 @@ def test_thin_keeps_zero_channels_that_are_still_read(rng):
     tfprune.update_masks(pruned, 0.5)
     small, plan = tfprune.thin(tfprune.strip_pruning(pruned), return_plan=True)
     assert small.get_layer("c1").filters == 4
-    assert len(plan.kept) == 2 and "read by 'c2'" in plan.kept[0]["reason"]
+    assert len(plan.kept) == 2 and "'c2' reads it" in plan.kept[0]["reason"]
     assert_same_outputs(pruned, small, rng.normal(size=(4, 6, 6, 2)).astype("float32"))
 
 
@@ -243,6 +243,16 @@ def test_a_flops_or_parameter_budget_removes_that_fraction(budget):
         for u in np.flatnonzero(structure.prunable)
     )
     assert 0.6 - costliest / full <= kept <= 0.6, (kept, costliest / full)
+
+
+def test_a_budget_with_round_to_counts_the_rounded_channels():
+    model = zoo()
+    pruned = tfprune.prune(model, None, granularity="filter", budget="flops", round_to=4)
+    tfprune.update_masks(pruned, 0.4)
+    small = tfprune.thin(pruned)
+    assert tfprune.count_flops(small) / tfprune.count_flops(model) <= 0.6
+    for name in ("stem", "reduce", "sep", "tail"):
+        assert sizes(small)[name] % 4 == 0, sizes(small)
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "taylor"])

@@ -48,7 +48,6 @@ import math
 import keras
 import numpy as np
 from keras import layers as L
-from keras.src.models.functional import Functional
 
 from tfprune import cloning
 

@@ -40,9 +40,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import masking
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
+from tfprune import masking
 from tfprune.granularity import Granularity, _check_reduction
 
 BUDGETS = ("channels", "flops", "params")
@@ -135,15 +135,24 @@ def _weight_paths(layer):
     """`{id(variable): attribute path}` for the weights of `layer` (one level
     of sublayers: `_query_dense.kernel`, `cell.kernel`)."""
     paths = {}
-    for name, value in vars(layer).items():
+    for name, value in _attributes(layer):
         if isinstance(value, keras.Variable):
             paths.setdefault(id(value), name)
-    for name, sub in vars(layer).items():
-        if isinstance(sub, keras.layers.Layer) and not name.startswith("_tracker"):
-            for attr, value in vars(sub).items():
+    for name, sub in _attributes(layer):
+        if isinstance(sub, keras.layers.Layer):
+            for attr, value in _attributes(sub):
                 if isinstance(value, keras.Variable):
                     paths.setdefault(id(value), f"{name}.{attr}")
     return paths
+
+
+def _attributes(owner):
+    """`(name, value)` of an object's attributes (PyTorch keeps sublayers in `_modules`)."""
+    items = list(vars(owner).items())
+    modules = vars(owner).get("_modules")
+    if isinstance(modules, dict):
+        items += list(modules.items())
+    return items
 
 
 # ------------------------------------------------------------------ binding
@@ -211,11 +220,36 @@ class Binding:
         self.cost_b = np.where(np.array(b) < 0, n_spaces, b).astype("int32")
         self.cost_coef = np.array(coef, dtype="float64")
         self.full_cost = float(self.structure.count(kind))
+        # With `round_to`, costs are taken from per-group kept counts: a space
+        # holds a fixed share of each group's units.
+        unit_group = self.structure.unit_group
+        n_groups = len(self.structure.groups)
+        share = np.zeros((n_spaces, n_groups), dtype=np.float64)
+        for s, space in enumerate(flat):
+            np.add.at(share[s], unit_group[space], 1.0)
+        group_sizes = np.array([g.size for g in self.structure.groups], dtype=np.float64)
+        self.space_share = (share / group_sizes).astype("float32")
+        self.unit_group = unit_group.astype("int32")
+        self.n_groups = n_groups
+        self.group_sizes = group_sizes.astype("float32")
+        self.roundable = np.zeros(n_groups, dtype=bool)
+        for g in range(n_groups):
+            self.roundable[g] = bool(self.eligible[self.structure.groups[g].units].any())
 
     def cost(self, keep):
-        """The budget's cost with the units `keep` kept (traceable)."""
-        kept = ops.take(ops.cast(keep, "float32"), self.cost_units)
-        counts = ops.segment_sum(kept, self.cost_spaces, num_segments=self.n_spaces)
+        """The budget's cost with the units `keep` kept (traceable), as a
+        fraction of the full cost; with `round_to`, of each group's kept
+        count rounded up."""
+        if self.round_to:
+            kept = ops.segment_sum(
+                ops.cast(keep, "float32"), self.unit_group, num_segments=self.n_groups
+            )
+            rounded = ops.minimum(ops.ceil(kept / self.round_to) * self.round_to, self.group_sizes)
+            kept = ops.where(self.roundable, rounded, kept)
+            counts = ops.matmul(ops.convert_to_tensor(self.space_share), kept)
+        else:
+            kept = ops.take(ops.cast(keep, "float32"), self.cost_units)
+            counts = ops.segment_sum(kept, self.cost_spaces, num_segments=self.n_spaces)
         counts = ops.concatenate([counts, ops.ones((1,), "float32")])
         # in float32, relative to the full cost, so that large models stay exact enough
         scale = np.float32(1.0 / max(self.full_cost, 1.0))
@@ -300,7 +334,7 @@ def unit_scores(binding, members, criterion, reduction):
 def _group_keep_counts(binding, sparsity):
     """Units each group keeps (of its eligible ones) at a layer-wise sparsity."""
     counts = []
-    for start, stop, eligible, fixed, low, high in binding.groups:
+    for _, _, eligible, _, low, high in binding.groups:
         s = ops.cast(sparsity, "float32")
         if low is not None or high is not None:
             s = ops.clip(s, 0.0 if low is None else low, 0.999999 if high is None else high)

@@ -151,8 +151,9 @@ def removable_units(structure):
                 {
                     "group": g.name,
                     "unit": u,
-                    "reason": f"computed as zero but read by '{readers.get(u, '?')}' through "
-                    "non-zero weights (after a normalization a zero channel carries its shift)"
+                    "reason": f"its producers' weights are zero, but '{readers.get(u, '?')}' "
+                    "reads it through non-zero weights (after a normalization or an activation "
+                    "a zero channel can be a non-zero constant)"
                     if u in readers
                     else "the group keeps at least one channel",
                 }
