@@ -123,6 +123,13 @@ def test_masked_model_equals_the_thinned_one_for_every_rule(rng, granularity):
         "pre": 4, "grouped": 8, "tail": 4, "gn": 2, "fc": 6, "logits": 5,
     }  # fmt: skip
     assert plan.kept == []
+    report = tfprune.thinning_report(model, small)
+    t = report.totals
+    assert (t["params_before"], t["params_after"]) == (model.count_params(), small.count_params())
+    assert t["flops_after"] == tfprune.count_flops(small) < t["flops_before"]
+    assert t["keras_bytes_after"] < t["keras_bytes_before"]
+    assert {r["layer"]: r["params_after"] for r in report.rows}["stem"] == 3 * 3 * 3 * 8 + 8
+    assert "total" in str(report) and f"x{report.ratio('params'):.3f}" in str(report)
     # nothing of tfprune is left in the thinned model
     assert all(type(layer).__module__.startswith("keras.") for layer in small.layers)
     assert small.count_params() < model.count_params() / 2
@@ -348,3 +355,28 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
         [sys.executable, "-c", LOADER, *saved], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "ok 4" in out.stdout, out.stderr[-2000:]
+
+
+def test_nested_models_thin_inside_and_frozen_ones_keep_their_channels(rng):
+    inner_x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="base_conv")(inner_x)
+    h = keras.layers.BatchNormalization(name="base_bn")(h)
+    base = keras.Model(inner_x, keras.layers.ReLU(name="base_relu")(h), name="base")
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(base(x))
+    h = keras.layers.Dense(6, activation="relu", name="fc")(h)
+    model = keras.Model(x, keras.layers.Dense(2, name="head")(h))
+    data = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+    calibrate(model, data)
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, data)
+    assert small.get_layer("base").get_layer("base_conv").filters == 4
+    assert small.get_layer("fc").units == 3
+    base.trainable = False  # a frozen base keeps its channels; the head is pruned
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert small.get_layer("base").get_layer("base_conv").filters == 8
+    assert small.get_layer("fc").units == 3

@@ -394,6 +394,7 @@ def update_masks(model, sparsity=None):
     """
     wrappers = collect_prunable_layers(model)
     if isinstance(model, keras.Model) and cloning.is_graph_model(model):
+        pruner_lib.bind(wrappers)
         structured.bind_model(model, wrappers)
     pruner_lib.update_masks(wrappers, sparsity)
     for wrapper in wrappers:

@@ -683,32 +683,57 @@ def build(model, layers=None, strict=True):
             f"{type(model).__name__}"
         )
     b = _Builder()
-    slots = {}
-    graph = _graph(model)
-    for node in _nodes(model):
-        op = _inner(node.operation)
-        b.layers[op.name] = op
-        inputs = [slots.get(id(t)) for t in node.input_tensors]
-        if node.is_input:
-            out = input_layer(b, op, node, inputs)
-        elif any(s is None for s in inputs):
-            out = _unknown(b, op, [s for s in inputs if s is not None], node.outputs)
-        else:
-            rule = rule_for(op)
-            if cloning.is_graph_model(op) or rule is None:
-                out = _unknown(b, op, inputs, node.outputs, _no_rule(op))
-            else:
-                out = rule(b, op, node, inputs)
-        for tensor, s in zip(node.outputs, out):
-            if len(tensor.shape) and tensor.shape[-1] is not None and len(s) != tensor.shape[-1]:
-                raise AssertionError(f"rule for '{op.name}' gave {len(s)} channels")
-            slots[id(tensor)] = np.asarray(s, dtype=np.int64)
-    for tensor in graph.outputs:
-        b.fix(slots[id(tensor)], "model output")
+    for s in _walk(b, model):
+        b.fix(s, "model output")
     for name, op in b.layers.items():  # weights no rule describes: fixed
         if isinstance(op, keras.layers.Layer) and name not in b.counted_params:
             b.cost(op, "params", sum(int(np.prod(w.shape)) for w in op.weights))
     return Structure(b, layers, strict)
+
+
+def _walk(b, model, inputs=None):
+    """Runs the rules over a graph model's nodes; returns its outputs' slots.
+
+    `inputs`: slots of the inputs of a nested model's call (None: the
+    outermost model, whose inputs are fixed).
+    """
+    slots = {}
+    graph = _graph(model)
+    if inputs is not None:
+        for tensor, s in zip(graph.inputs, inputs):
+            slots[id(tensor)] = s
+    for node in _nodes(model):
+        op = _inner(node.operation)
+        if node.is_input and inputs is not None:
+            s = slots[id(node.outputs[0])]
+            if isinstance(op, L.InputLayer):
+                b.resize(op, "batch_shape", s)  # a nested model's input width
+            continue
+        known = b.layers.setdefault(op.name, op)
+        if known is not op:
+            raise ValueError(
+                f"Two layers of model '{model.name}' are named '{op.name}' (one in a nested "
+                "model): channel pruning tells layers apart by name. Rename one."
+            )
+        args = [slots.get(id(t)) for t in node.input_tensors]
+        if node.is_input:
+            out = input_layer(b, op, node, args)
+        elif any(s is None for s in args):
+            out = _unknown(b, op, [s for s in args if s is not None], node.outputs)
+        elif cloning.is_graph_model(op):
+            del b.layers[op.name]  # its layers are counted one by one
+            out = _walk(b, op, args)
+        else:
+            rule = rule_for(op)
+            if rule is None:
+                out = _unknown(b, op, args, node.outputs, _no_rule(op))
+            else:
+                out = rule(b, op, node, args)
+        for tensor, s in zip(node.outputs, out):
+            if len(tensor.shape) and tensor.shape[-1] is not None and len(s) != tensor.shape[-1]:
+                raise AssertionError(f"rule for '{op.name}' gave {len(s)} channels")
+            slots[id(tensor)] = np.asarray(s, dtype=np.int64)
+    return [slots[id(t)] for t in graph.outputs]
 
 
 def _no_rule(op):

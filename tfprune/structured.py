@@ -159,10 +159,20 @@ def _attributes(owner):
 class Binding:
     """The structure of one pruned model, as the pruner's compute reads it."""
 
-    def __init__(self, structure, granularity, min_sparsity=None, max_sparsity=None):
+    def __init__(
+        self, structure, granularity, min_sparsity=None, max_sparsity=None, wrapped=None
+    ):
         self.structure = structure
         self.size = structure.size
         self.eligible = structure.prunable.copy()
+        if wrapped is not None:
+            # A channel touching a layer this pruner does not mask (frozen,
+            # or left out by a pruning policy) stays.
+            for name, members in structure.members.items():
+                if name not in wrapped:
+                    for m in members:
+                        if m.role != "carry":
+                            self.eligible[m.units] = False
         self.counts = np.zeros(self.size, dtype=np.float64)
         self.write_counts = np.zeros(self.size, dtype=np.float64)
         self.axes = {}  # layer name -> {id(variable): [(axis, units)]}
@@ -269,8 +279,9 @@ def _cap(value, producers, pick):
 def bind(pruner, model):
     """Builds the pruner's coupled structure from the (wrapped) model."""
     structure = graph_lib.build(model, pruner.granularity.selects)
+    wrapped = {m.layer.name for m in pruner.members} if pruner.members else None
     pruner.binding = Binding(
-        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity
+        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped
     )
     return pruner.binding
 

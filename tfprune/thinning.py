@@ -204,7 +204,7 @@ def _resized(config, entries, keep):
     config = dict(config)
     for key, units in entries:
         count = _kept_count(units, keep)
-        if key == "target_shape":
+        if isinstance(config[key], (list, tuple)):  # a shape: its last entry
             config[key] = tuple(config[key][:-1]) + (count,)
         else:
             config[key] = count
@@ -214,6 +214,9 @@ def _resized(config, entries, keep):
 def _edit_layer_configs(layer_configs, structure, keep):
     for entry in layer_configs:
         entry.pop("build_config", None)
+        if isinstance(entry.get("config", {}).get("layers"), list):  # a nested model
+            _edit_layer_configs(entry["config"]["layers"], structure, keep)
+            continue
         name = entry["config"].get("name", entry.get("name"))
         if name in structure.resizes:
             entry["config"] = _resized(entry["config"], structure.resizes[name], keep)
@@ -241,6 +244,9 @@ def _slice(value, axes, keep):
 
 def _copy_weights(model, new, structure, keep):
     for layer in model._flatten_layers(include_self=False, recursive=False):
+        if cloning.is_graph_model(layer):
+            _copy_weights(layer, new.get_layer(layer.name), structure, keep)
+            continue
         if layer.name not in structure.layers or not layer.weights:
             continue
         target = new.get_layer(layer.name)
