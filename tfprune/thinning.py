@@ -35,6 +35,7 @@ import gzip
 import json
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -298,6 +299,14 @@ def thin(model, *, return_plan=False):
     plain = _strip(model)
     structure = graph_lib.build(plain, strict=False)
     remove, notes = removable_units(structure)
+    if notes:
+        warnings.warn(
+            f"thin kept {len(notes)} channel(s) whose producers are zero but whose readers are "
+            f"not (e.g. group '{notes[0]['group']}': {notes[0]['reason']}); prune with "
+            "granularity='filter' on the whole model to mask both. `thin(..., "
+            "return_plan=True)` lists them in `plan.kept`.",
+            stacklevel=2,
+        )
     keep = ~remove
     new = apply_keep(plain, structure, keep)
     if return_plan:
