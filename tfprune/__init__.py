@@ -4,6 +4,7 @@ A superset of TFMOT's `tfmot.sparsity.keras` API: change the import and keep
 the code.
 """
 
+from tfprune import regularizers
 from tfprune.allocation import SensitivityThreshold, Splicing
 from tfprune.api import (
     collect_statistics,
@@ -16,11 +17,13 @@ from tfprune.api import (
 )
 from tfprune.callbacks import PruningSummaries, UpdatePruningStep
 from tfprune.distillation import Distiller, distill
+from tfprune.l0 import L0Gate, add_l0_gates
 from tfprune.layers import PrunableLayer
 from tfprune.lottery import rewind_weights, snapshot_weights
 from tfprune.oneshot import oneshot
 from tfprune.policy import PruneForLatencyOnXNNPack, PruningPolicy
 from tfprune.pruner import Pruner
+from tfprune.regularizers import SoftThreshold, regularize
 from tfprune.schedules import (
     AGP,
     ConstantSparsity,
@@ -40,6 +43,7 @@ __all__ = [
     "ConstantSparsity",
     "Criterion",
     "Distiller",
+    "L0Gate",
     "ExponentialDecay",
     "PolynomialDecay",
     "PrunableLayer",
@@ -51,8 +55,10 @@ __all__ = [
     "Pruner",
     "PruningSummaries",
     "SensitivityThreshold",
+    "SoftThreshold",
     "Splicing",
     "UpdatePruningStep",
+    "add_l0_gates",
     "apply_plan",
     "collect_statistics",
     "count_flops",
@@ -63,6 +69,8 @@ __all__ = [
     "prune",
     "prune_low_magnitude",
     "prune_scope",
+    "regularize",
+    "regularizers",
     "rewind_weights",
     "snapshot_weights",
     "strip_pruning",

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
-from tfprune import cloning
+from tfprune import cloning, zeros
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
 
@@ -115,8 +115,11 @@ def _axis_nonzero(value, axis):
     return np.any(value != 0, axis=other) if other else value != 0
 
 
-def removable_units(structure):
-    """`(remove, kept notes)`: units whose every read weight is exactly zero."""
+def removable_units(structure, dead=None):
+    """`(remove, kept notes)`: units nothing reads: every weight reading them
+    is exactly zero or reads an exactly-zero value (`dead`, see
+    `tfprune.zeros.dead_reads`)."""
+    dead = dead or {}
     read = np.zeros(structure.size, dtype=bool)
     produced = np.zeros(structure.size, dtype=bool)  # a producer's slice is non-zero
     producer_units = {}
@@ -129,6 +132,9 @@ def removable_units(structure):
             if m.role == "carry":
                 continue
             nonzero = _axis_nonzero(_values(layer, m.path), m.axis)
+            zero_input = dead.get((name, m.path, m.axis))
+            if m.role == "read" and zero_input is not None and len(zero_input) == len(nonzero):
+                nonzero = nonzero & ~zero_input
             hit = np.zeros(structure.size, dtype=bool)
             hit[m.units[nonzero]] = True
             if m.role == "read":
@@ -175,11 +181,15 @@ def _unselected_but_free(structure):
 
 # ---------------------------------------------------------------- rebuild
 def _strip(model):
+    """The model without pruning wrappers (masks applied) and L0 gates (folded)."""
+    from tfprune import l0
     from tfprune.api import strip_pruning
     from tfprune.wrapper import collect_prunable_layers
 
     if collect_prunable_layers(model):
-        return strip_pruning(model)
+        model = strip_pruning(model)
+    if l0.gates_of(model):
+        model = l0.strip_gates(model)
     return model
 
 
@@ -298,7 +308,7 @@ def thin(model, *, return_plan=False):
     _check_model(model)
     plain = _strip(model)
     structure = graph_lib.build(plain, strict=False)
-    remove, notes = removable_units(structure)
+    remove, notes = removable_units(structure, zeros.dead_reads(plain))
     if notes:
         warnings.warn(
             f"thin kept {len(notes)} channel(s) whose producers are zero but whose readers are "

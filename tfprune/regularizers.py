@@ -1,0 +1,292 @@
+"""Sparsity by regularization: L1 and group lasso, with an optional proximal step.
+
+`L1(strength)` adds `λ·Σ|w|` to the loss; `GroupLasso(strength, granularity)`
+adds `λ·Σ_g sqrt(|g|)·‖W_g‖₂` over the weight's structures (`"filter"`: the
+last axis, a kernel's output channels; `"channel"`: axis -2, its input
+channels; `"row"`/`"column"`: axes 0/1 of rank-2 weights). Both are Keras
+regularizers: pass one as a `kernel_regularizer`, or attach one to every
+prunable weight of a model with `tfprune.regularize(model, regularizer)`.
+
+By themselves they act through the gradient: a (sub)gradient step never lands
+a weight on exactly zero; it oscillates around it. `tfprune.SoftThreshold()`
+makes them proximal (ISTA): after every optimizer update, inside the
+compiled step, each regularized weight takes the proximal step of its
+penalty with `η` the optimizer's current learning rate,
+
+    L1:          w   <- sign(w) · max(0, |w| − ηλ)
+    group lasso: W_g <- max(0, 1 − ηλ·sqrt(|g|) / ‖W_g‖₂) · W_g
+
+and the penalty's own gradient is switched off for those weights (it still
+appears in the reported loss), so the shrinkage is applied once, exactly: a
+group whose norm is under `ηλ·sqrt(|g|)` lands on zero and stays there
+until the data's gradient pushes it out again. Gradients are never masked,
+so zeroed weights can grow back (Distiller's distinction between a
+regularizer's mask and a pruning mask). The gradient of `‖W_g‖₂` is taken
+as 0 at a zero group (no NaN).
+
+With pruning on the same weight the pruning mask wins: `SoftThreshold` does
+not touch weights a pruning wrapper masks (their penalty acts through the
+gradient, and the pruning mask decides what is zero).
+
+Example:
+>>> reg = GroupLasso(0.1, granularity="filter")
+>>> w = np.array([[3.0, 0.1], [4.0, 0.1]], "float32")   # filter norms 5 and 0.14
+>>> round(float(reg(w)), 4)                               # 0.1 * sqrt(2) * (5 + 0.1414)
+0.7271
+>>> keras.ops.convert_to_numpy(reg.proximal(w, 1.0))[:, 1].tolist()
+[0.0, 0.0]
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+GROUP_AXES = {"filter": -1, "channel": -2, "row": 0, "column": 1}
+
+
+def _check_strength(strength):
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
+        math.isfinite(strength) and strength >= 0
+    ):
+        raise ValueError(
+            f"Argument `strength` must be a finite number >= 0. Received: strength={strength!r}"
+        )
+    return float(strength)
+
+
+class _Proximal(keras.regularizers.Regularizer):
+    """A regularizer whose penalty can be applied by a proximal step instead
+    of through the gradient (for the variables `SoftThreshold` handles)."""
+
+    def __init__(self, strength):
+        self.strength = _check_strength(strength)
+
+    def penalty(self, x):
+        raise NotImplementedError
+
+    def proximal(self, x, learning_rate):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.penalty(x)
+
+    def get_config(self):
+        return {"strength": self.strength}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class L1(_Proximal):
+    """`strength · Σ|w|`; its proximal step is soft thresholding."""
+
+    def penalty(self, x):
+        return self.strength * ops.sum(ops.abs(ops.cast(x, "float32")))
+
+    def proximal(self, x, learning_rate):
+        x = ops.convert_to_tensor(x)
+        shrink = ops.cast(learning_rate, x.dtype) * self.strength
+        return ops.sign(x) * ops.maximum(ops.abs(x) - shrink, 0.0)
+
+    def zero_mask(self, x):
+        """Elements that are exactly zero."""
+        return ops.equal(ops.convert_to_tensor(x), 0)
+
+
+def _group_norms(x, axis):
+    """`(‖W_g‖₂ per group, |g|)`; the gradient at a zero group is 0."""
+    x = ops.cast(x, "float32")
+    axis = axis % len(x.shape)
+    other = tuple(a for a in range(len(x.shape)) if a != axis)
+    squares = ops.sum(ops.square(x), axis=other) if other else ops.square(x)
+    positive = ops.greater(squares, 0.0)
+    norms = ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
+    size = int(np.prod([x.shape[a] for a in other])) if other else 1
+    return norms, size
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class GroupLasso(_Proximal):
+    """`strength · Σ_g sqrt(|g|) · ‖W_g‖₂` over the weight's structures.
+
+    Args:
+        strength: λ.
+        granularity: `"filter"` (last axis), `"channel"` (axis -2), `"row"`
+            (axis 0) or `"column"` (axis 1).
+    """
+
+    def __init__(self, strength=0.01, granularity="filter"):
+        super().__init__(strength)
+        if granularity not in GROUP_AXES:
+            raise ValueError(
+                f"Argument `granularity` must be one of {sorted(GROUP_AXES)}. "
+                f"Received: granularity={granularity!r}"
+            )
+        self.granularity = granularity
+        self.axis = GROUP_AXES[granularity]
+
+    def _check(self, x):
+        rank = len(x.shape)
+        if self.granularity == "channel" and rank < 2 or (
+            self.granularity in ("row", "column") and rank != 2
+        ):
+            raise ValueError(
+                f"GroupLasso(granularity={self.granularity!r}) needs a weight of rank "
+                f"{'2' if self.granularity != 'channel' else '>= 2'}; received shape "
+                f"{tuple(x.shape)}."
+            )
+
+    def penalty(self, x):
+        self._check(x)
+        norms, size = _group_norms(x, self.axis)
+        return self.strength * math.sqrt(size) * ops.sum(norms)
+
+    def proximal(self, x, learning_rate):
+        x = ops.convert_to_tensor(x)
+        self._check(x)
+        norms, size = _group_norms(x, self.axis)
+        shrink = ops.cast(learning_rate, "float32") * self.strength * math.sqrt(size)
+        scale = ops.maximum(1.0 - shrink / ops.maximum(norms, 1e-30), 0.0)
+        view = [1] * len(x.shape)
+        view[self.axis] = x.shape[self.axis]
+        return x * ops.cast(ops.reshape(scale, view), x.dtype)
+
+    def zero_mask(self, x):
+        """Groups (along the group axis) that are exactly zero."""
+        norms, _ = _group_norms(x, self.axis)
+        return ops.equal(norms, 0.0)
+
+    def get_config(self):
+        return {"strength": self.strength, "granularity": self.granularity}
+
+
+class ReportedOnly:
+    """A regularizer whose penalty is reported in the loss without a gradient
+    (its proximal step applies it instead)."""
+
+    def __init__(self, regularizer):
+        self.regularizer = regularizer
+
+    def __call__(self, x):
+        return ops.stop_gradient(self.regularizer(x))
+
+
+def regularize(model, regularizer):
+    """Attaches `regularizer` to every prunable weight of `model` (any depth).
+
+    The layers' `kernel_regularizer` (or the matching attribute) is set too,
+    so a saved model keeps it. Returns the model (changed in place).
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> _ = regularize(model, L1(1e-3))
+    >>> model.layers[0].kernel_regularizer
+    L1(strength=0.001)
+    """
+    from tfprune import layers as layer_specs
+
+    if not isinstance(regularizer, keras.regularizers.Regularizer) and not callable(regularizer):
+        raise TypeError(
+            "Argument `regularizer` must be a `keras.regularizers.Regularizer`. "
+            f"Received: regularizer={regularizer!r}"
+        )
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
+    found = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.Model) or not layer.built:
+            continue
+        own = {id(w) for w in layer._trainable_variables} if hasattr(
+            layer, "_trainable_variables"
+        ) else None
+        for variable, spec in layer_specs.prunable_weights(layer):
+            if own is not None and id(variable) not in own:
+                continue  # a sublayer's weight: attached at the sublayer
+            found.append((layer, variable, spec))
+    if not found:
+        raise ValueError(f"Model '{model.name}' has no prunable weights to regularize.")
+    for layer, variable, spec in found:
+        variable.regularizer = regularizer
+        attribute = f"{spec.path.split('.')[-1].split('/')[-1].lstrip('_')}_regularizer"
+        if hasattr(layer, attribute):
+            setattr(layer, attribute, regularizer)
+    return model
+
+
+def regularized_variables(model):
+    """`[(variable, regularizer)]` of the model's weights with a proximal
+    (tfprune) regularizer."""
+    return [
+        (v, v.regularizer)
+        for v in model.trainable_variables
+        if isinstance(getattr(v, "regularizer", None), _Proximal)
+    ]
+
+
+class _ProximalStep(keras.constraints.Constraint):
+    """The proximal step of a regularizer, after each optimizer update."""
+
+    def __init__(self, regularizer, optimizer, inner=None):
+        self.regularizer = regularizer
+        self.optimizer = optimizer
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return self.regularizer.proximal(w, self.optimizer.learning_rate)
+
+
+class SoftThreshold(keras.callbacks.Callback):
+    """Makes `L1` and `GroupLasso` proximal: a soft-thresholding step after
+    every optimizer update (see the module docstring).
+
+    While training, each regularized weight that no pruning wrapper masks
+    gets its regularizer's proximal step as a constraint (inside the compiled
+    step, every backend), and its penalty is reported in the loss without a
+    gradient. After training, `masks` holds each weight's zero pattern
+    (elements for L1, groups for group lasso), by variable path.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> _ = regularize(model, GroupLasso(0.1))
+    >>> model.compile("sgd", "mse")
+    >>> _ = model.fit(np.zeros((8, 4)), np.zeros((8, 3)), verbose=0,
+    ...               callbacks=[SoftThreshold()])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.masks = {}
+        self._installed = []
+
+    def on_train_begin(self, logs=None):
+        from tfprune.wrapper import collect_prunable_layers
+
+        masked = {
+            id(v) for w in collect_prunable_layers(self.model) for v, _, _ in w.pruning_vars
+        }
+        self._installed = []
+        for variable, regularizer in regularized_variables(self.model):
+            if id(variable) in masked:
+                continue  # the pruning mask wins
+            self._installed.append((variable, regularizer, variable.constraint))
+            variable.constraint = _ProximalStep(
+                regularizer, self.model.optimizer, variable.constraint
+            )
+            variable.regularizer = ReportedOnly(regularizer)
+        # The compiled step reads constraints and losses when traced.
+        self.model.train_function = None
+        self.model.make_train_function()
+
+    def on_train_end(self, logs=None):
+        for variable, regularizer, constraint in self._installed:
+            variable.constraint = constraint
+            variable.regularizer = regularizer
+            self.masks[variable.path] = ops.convert_to_numpy(regularizer.zero_mask(variable))
+        self._installed = []
+        self.model.train_function = None  # traced again without the proximal steps
