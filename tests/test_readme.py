@@ -85,6 +85,7 @@ def test_the_one_shot_example_runs():
     assert (kernel == 0).sum() == kernel.size // 2
 
 
+@only_backends("tensorflow", "torch", reason="backend-independent; JAX runs the training tests")
 def test_the_thinning_example_runs(tmp_path, monkeypatch):
     (block,) = _section("Thinning: remove channels, get a smaller model")
     resnet = "keras.applications.ResNet50(weights=None, input_shape=(128, 128, 3))"

@@ -14,6 +14,12 @@ import tfprune
 from tfprune import graph
 from tfprune.masking import keep_count
 
+# The graph and thinning are backend-independent Python and NumPy; JAX (slow to
+# run eager ops the first time) runs the tests that train, mask and thin.
+graph_logic = pytest.mark.skipif(
+    BACKEND == "jax", reason="backend-independent graph logic; JAX runs the training tests"
+)
+
 
 def calibrate(model, x):
     """BatchNormalization statistics of `x` (momentum 0 for one training call),
@@ -79,6 +85,7 @@ def sizes(model):
     return found
 
 
+@graph_logic
 # ----------------------------------------------------------------- graph
 def test_the_graph_couples_residual_merges_concatenations_and_gates():
     structure = graph.build(zoo())
@@ -97,6 +104,7 @@ def test_the_graph_couples_residual_merges_concatenations_and_gates():
     assert structure.count("params") == zoo().count_params()
 
 
+@graph_logic
 def test_counts_of_params_and_flops_follow_the_layers():
     x = keras.Input((10, 10, 3))
     y = keras.layers.Conv2D(4, 3, name="c")(x)  # 8x8x4 outputs, 27 inputs each
@@ -106,7 +114,9 @@ def test_counts_of_params_and_flops_follow_the_layers():
 
 
 # -------------------------------------------------------- masking, thinning
-@pytest.mark.parametrize("granularity", ["filter", "channel"])
+@pytest.mark.parametrize(
+    "granularity", ["filter", pytest.param("channel", marks=graph_logic)]
+)
 def test_masked_model_equals_the_thinned_one_for_every_rule(rng, granularity):
     model = zoo()
     x = rng.normal(size=(16, 8, 8, 3)).astype("float32")
@@ -140,6 +150,7 @@ def test_masked_model_equals_the_thinned_one_for_every_rule(rng, granularity):
     assert_same_outputs(small, fresh, x, atol=0)
 
 
+@graph_logic
 def test_sequence_models_thin_units_and_heads(rng):
     tokens = keras.Input((6,), dtype="int32")
     h = keras.layers.Embedding(20, 16, name="embed")(tokens)
@@ -160,6 +171,7 @@ def test_sequence_models_thin_units_and_heads(rng):
     }  # fmt: skip
 
 
+@graph_logic
 def test_layer_normalization_keeps_its_channels(rng):
     x = keras.Input((5, 8))
     h = keras.layers.Dense(8, name="d1")(x)
@@ -170,6 +182,7 @@ def test_layer_normalization_keeps_its_channels(rng):
     assert sizes(tfprune.thin(pruned)) == {"d1": 8, "mid": 3, "d2": 2}
 
 
+@graph_logic
 def test_thin_keeps_zero_channels_that_are_still_read(rng):
     """Per-layer filters zero a conv's outputs, but BatchNormalization's shift
     makes them a constant the next conv reads: they stay, and the plan says why."""
@@ -187,6 +200,7 @@ def test_thin_keeps_zero_channels_that_are_still_read(rng):
     assert_same_outputs(pruned, small, rng.normal(size=(4, 6, 6, 2)).astype("float32"))
 
 
+@graph_logic
 def test_unknown_layer_on_a_coupled_path_is_named_before_anything_changes():
     class Scale(keras.layers.Layer):
         def call(self, x):
@@ -208,6 +222,7 @@ def test_unknown_layer_on_a_coupled_path_is_named_before_anything_changes():
         del graph.RULES[Scale]
 
 
+@graph_logic
 def test_bad_plans_are_refused():
     model = zoo()
     with pytest.raises(ValueError, match="Argument `plan` must be"):
@@ -221,6 +236,7 @@ def test_bad_plans_are_refused():
 
 
 # ------------------------------------------------------- budgets, training
+@graph_logic
 def test_round_to_and_per_layer_limits(rng):
     x = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(40, 3, name="a")(x)
@@ -235,6 +251,7 @@ def test_round_to_and_per_layer_limits(rng):
     assert sizes(tfprune.thin(pruned)) == {"a": 16, "b": 24, "out": 2}
 
 
+@graph_logic
 @pytest.mark.parametrize("budget", ["flops", "params"])
 def test_a_flops_or_parameter_budget_removes_that_fraction(budget):
     model = zoo()
@@ -253,6 +270,7 @@ def test_a_flops_or_parameter_budget_removes_that_fraction(budget):
     assert 0.6 - costliest / full <= kept <= 0.6, (kept, costliest / full)
 
 
+@graph_logic
 def test_a_budget_with_round_to_counts_the_rounded_channels():
     model = zoo()
     pruned = tfprune.prune(model, None, granularity="filter", budget="flops", round_to=4)
@@ -358,6 +376,7 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
     assert out.returncode == 0 and "ok 4" in out.stdout, out.stderr[-2000:]
 
 
+@graph_logic
 def test_nested_models_thin_inside_and_frozen_ones_keep_their_channels(rng):
     inner_x = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(8, 3, padding="same", name="base_conv")(inner_x)

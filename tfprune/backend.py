@@ -134,3 +134,29 @@ def step_dtype():
         if not jax.config.jax_enable_x64:
             return "int32"
     return "int64"
+
+
+def compiled_updates(compute, reads, targets):
+    """`[(variable, new value)]` of `compute()`, compiled as one function on JAX.
+
+    Eager JAX compiles every small op it meets; a mask update outside
+    training (`update_masks`) is hundreds of them. On JAX `compute` runs once
+    under `jax.jit` in a `StatelessScope` over `reads` (every variable it
+    reads); `targets` are the variables whose new values come back (their
+    current values where `compute` leaves them). Elsewhere it runs eagerly.
+    """
+    if name() != "jax":
+        return compute()
+    import jax
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    def pure(values):
+        with StatelessScope(state_mapping=list(zip(reads, values))) as scope:
+            updates = {id(v): value for v, value in compute()}
+            return [
+                updates[id(v)] if id(v) in updates else scope.get_current_value(v)
+                for v in targets
+            ]
+
+    values = jax.jit(pure)([v.value for v in reads])
+    return list(zip(targets, values))

@@ -523,4 +523,8 @@ def update_masks(wrappers, sparsity=None):
         jobs.append((pruner, members, np.float32(target)))
     # Checked everything first: a failed call changes nothing.
     for pruner, members, target in jobs:
-        assign(pruner.compute(members, target))
+        reads = list({id(v): v for m in members for v in m.weights}.values())
+        targets = pruner.updated_variables(members)
+        assign(
+            backend.compiled_updates(lambda: pruner.compute(members, target), reads, targets)
+        )
