@@ -108,6 +108,14 @@ class Pruner:
 
     def _check_combination(self):
         kind = self.scope.kind
+        if isinstance(self.criterion, scoring.BatchNormScale) and not isinstance(
+            self.granularity, structured.Coupled
+        ):
+            raise ValueError(
+                "Criterion 'bn_scale' ranks channels by the BatchNormalization scales they "
+                "pass through, so it takes granularity='filter' or 'channel' on a "
+                f"Sequential or Functional model. Received: granularity={self.granularity!r}"
+            )
         if isinstance(self.granularity, structured.Coupled) and type(self.scope) not in (
             allocation.LayerWise,
             allocation.Global,

@@ -279,6 +279,24 @@ class ActivationMean(_ChannelStatistic):
         return ops.abs(flat)
 
 
+@keras.saving.register_keras_serializable(package="tfprune")
+class BatchNormScale(Criterion):
+    """`|γ|` of `BatchNormalization` scales: network slimming (Liu et al., 2017).
+
+    For channels of coupled groups (`granularity="filter"` on a graph model):
+    a channel scores the scales of the normalizations it passes through
+    (reduced by `reduction`); no other weight counts. Train with
+    `tfprune.regularizers.L1` on the scales (`gamma_regularizer`) first.
+    """
+
+    def build(self, add_weight, weights, specs):
+        del add_weight, weights
+        return {"scored": [spec.path.split(".")[-1] == "gamma" for spec in specs]}
+
+    def scores(self, weights, state):
+        return [magnitude(w) if s else None for w, s in zip(weights, state["scored"])]
+
+
 CRITERIA = {
     "magnitude": Magnitude,
     "random": Random,
@@ -286,6 +304,7 @@ CRITERIA = {
     "movement": Movement,
     "apoz": APoZ,
     "activation_mean": ActivationMean,
+    "bn_scale": BatchNormScale,
 }
 
 

@@ -173,8 +173,6 @@ class Binding:
                     for m in members:
                         if m.role != "carry":
                             self.eligible[m.units] = False
-        self.counts = np.zeros(self.size, dtype=np.float64)
-        self.write_counts = np.zeros(self.size, dtype=np.float64)
         self.axes = {}  # layer name -> {id(variable): [(axis, units)]}
         for name, members in structure.members.items():
             layer = structure.layers[name]
@@ -185,12 +183,7 @@ class Binding:
                 self.axes.setdefault(name, {}).setdefault(id(variable), []).append(
                     (m.axis, m.units.astype("int32"), m.role)
                 )
-                per_index = int(np.prod(variable.shape)) // variable.shape[m.axis]
-                np.add.at(self.counts, m.units, per_index)
-                if m.role == "write":
-                    np.add.at(self.write_counts, m.units, per_index)
-        self.counts = np.maximum(self.counts, 1.0).astype("float32")
-        self.write_counts = np.maximum(self.write_counts, 1.0).astype("float32")
+
         self.groups = []  # (start, stop, eligible count, fixed count, low, high)
         for g in structure.groups:
             start, stop = int(g.units.min()), int(g.units.max()) + 1
@@ -315,17 +308,21 @@ def unit_scores(binding, members, criterion, reduction):
     """
     n = binding.size
     total = ops.zeros((n,), "float32")
-    counts = binding.write_counts if criterion.needs_outputs else binding.counts
+    counts = np.zeros(n, dtype=np.float64)  # elements behind each unit's score
     for m in members:
         values = m._scoring_values()
         scores = criterion.scores(values, m._criterion_state)
         axes = binding.axes.get(m.layer.name, {})
         for (variable, _, _), score in zip(m.pruning_vars, scores):
+            if score is None:  # a weight the criterion does not score
+                continue
             for axis, units, role in axes.get(id(variable), []):
                 if criterion.needs_outputs and role != "write":
                     continue
-                score = ops.cast(score, "float32")
-                axis = axis % len(score.shape)
+                shape = tuple(variable.shape)
+                score = ops.broadcast_to(ops.cast(score, "float32"), shape)
+                axis = axis % len(shape)
+                np.add.at(counts, units, int(np.prod(shape)) // shape[axis])
                 other = tuple(a for a in range(len(score.shape)) if a != axis)
                 if reduction == "max":
                     vec = ops.max(score, axis=other) if other else score
@@ -336,7 +333,7 @@ def unit_scores(binding, members, criterion, reduction):
                 vec = ops.sum(score, axis=other) if other else score
                 total = total + ops.segment_sum(vec, units, num_segments=n)
     if reduction == "mean":
-        return ops.divide(total, ops.convert_to_tensor(counts))
+        return ops.divide(total, ops.convert_to_tensor(np.maximum(counts, 1.0).astype("float32")))
     if reduction == "l2":
         return ops.sqrt(total)
     return total

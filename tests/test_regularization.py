@@ -1,0 +1,253 @@
+"""Sparsity by regularization: L1 / group lasso with soft thresholding, L0 gates,
+network slimming."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+import tfprune
+from tfprune import l0
+from tfprune.regularizers import L1, GroupLasso
+
+
+def dense_model(units=4, inputs=3, regularizer=None):
+    return keras.Sequential(
+        [keras.Input((inputs,)), keras.layers.Dense(units, kernel_regularizer=regularizer, name="d")]
+    )
+
+
+# ------------------------------------------------------------- penalties
+@pytest.mark.parametrize(
+    "granularity, axis", [("filter", -1), ("channel", -2), ("row", 0), ("column", 1)]
+)
+def test_group_lasso_penalty_is_the_closed_form(rng, granularity, axis):
+    w = rng.normal(size=(5, 3)).astype("float32")
+    w[:, 1] = 0.0
+    reg = GroupLasso(0.3, granularity=granularity)
+    other = 1 - (axis % 2)
+    norms = np.sqrt((w.astype("float64") ** 2).sum(axis=other))
+    expected = 0.3 * math.sqrt(w.shape[other]) * norms.sum()
+    assert float(to_numpy(reg(w))) == pytest.approx(expected, rel=1e-6)
+    assert float(to_numpy(L1(0.2)(w))) == pytest.approx(0.2 * np.abs(w).sum(), rel=1e-6)
+
+
+def test_bad_regularizer_arguments():
+    with pytest.raises(ValueError, match=r"strength=-1"):
+        L1(-1)
+    with pytest.raises(ValueError, match=r"granularity='block'"):
+        GroupLasso(0.1, granularity="block")
+    with pytest.raises(ValueError, match="needs a weight of rank 2"):
+        GroupLasso(0.1, granularity="row")(np.zeros((2, 2, 2), "float32"))
+
+
+def test_regularizers_round_trip_through_keras_saving(tmp_path):
+    model = dense_model()
+    tfprune.regularize(model, GroupLasso(0.05, granularity="column"))
+    path = tmp_path / "reg.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    reg = loaded.get_layer("d").kernel_regularizer
+    assert isinstance(reg, GroupLasso) and reg.get_config() == {
+        "strength": 0.05,
+        "granularity": "column",
+    }
+    assert loaded.get_layer("d").kernel.regularizer is not None
+
+
+# ------------------------------------------------------ proximal steps
+def fit_once(model, x, y, lr, callbacks=()):
+    model.compile(keras.optimizers.SGD(lr), "mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, callbacks=list(callbacks))
+
+
+def test_soft_threshold_zeroes_exactly_the_groups_under_the_threshold():
+    # Zero inputs: the data gives the kernel no gradient, so one step is the
+    # proximal step alone: W_g <- max(0, 1 - lr*lam*sqrt(|g|)/||W_g||) W_g.
+    model = dense_model(units=4, inputs=3, regularizer=GroupLasso(0.5))
+    kernel = np.array(
+        [[0.1, 1.0, 0.0, -0.2], [0.1, 2.0, 0.0, 0.1], [0.1, 2.0, 0.0, 0.1]], "float32"
+    )
+    model.get_layer("d").set_weights([kernel, np.zeros(4, "float32")])
+    x, y = np.zeros((4, 3), "float32"), np.zeros((4, 4), "float32")
+    callback = tfprune.SoftThreshold()
+    fit_once(model, x, y, lr=0.1, callbacks=[callback])
+    threshold = 0.1 * 0.5 * math.sqrt(3)  # 0.0866
+    norms = np.linalg.norm(kernel.astype("float64"), axis=0)  # 0.173, 3, 0, 0.245
+    expected = kernel * np.maximum(0.0, 1 - threshold / np.maximum(norms, 1e-30))
+    got = to_numpy(model.get_layer("d").kernel)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert not np.isnan(got).any()
+    # a group at or under the threshold is exactly zero: column 2 (already
+    # zero) stays, the others shrink but survive
+    assert (got[:, 2] == 0).all() and (got[:, [0, 1, 3]] != 0).all()
+    model.get_layer("d").set_weights([np.full((3, 4), 0.04, "float32"), np.zeros(4, "float32")])
+    fit_once(model, x, y, lr=0.1, callbacks=[callback])  # norms 0.069 < 0.0866
+    assert (to_numpy(model.get_layer("d").kernel) == 0).all()
+    assert callback.masks[model.get_layer("d").kernel.path].tolist() == [True] * 4
+
+
+def test_soft_threshold_l1_and_regrowth_when_the_data_push(rng):
+    model = dense_model(units=2, inputs=2, regularizer=L1(0.1))
+    model.get_layer("d").set_weights([np.array([[0.005, 1.0], [-1.0, 0.5]], "float32"),
+                                      np.zeros(2, "float32")])  # fmt: skip
+    zeros = np.zeros((4, 2), "float32")
+    fit_once(model, zeros, np.zeros((4, 2), "float32"), lr=0.1, callbacks=[tfprune.SoftThreshold()])
+    got = to_numpy(model.get_layer("d").kernel)
+    np.testing.assert_allclose(got, [[0.0, 0.99], [-0.99, 0.49]], atol=1e-6)
+    assert got[0, 0] == 0.0
+    # the data push the zero weight out: gradients were never masked
+    x = np.tile(np.array([[1.0, 0.0]], "float32"), (8, 1))
+    y = np.tile(np.array([[3.0, 0.0]], "float32"), (8, 1))
+    fit_once(model, x, y, lr=0.1, callbacks=[tfprune.SoftThreshold()])
+    assert to_numpy(model.get_layer("d").kernel)[0, 0] > 0.1
+
+
+def test_without_soft_threshold_the_penalty_is_a_gradient_step():
+    model = dense_model(units=1, inputs=2, regularizer=GroupLasso(0.5))
+    kernel = np.array([[3.0], [4.0]], "float32")  # norm 5
+    model.get_layer("d").set_weights([kernel, np.zeros(1, "float32")])
+    fit_once(model, np.zeros((2, 2), "float32"), np.zeros((2, 1), "float32"), lr=0.1)
+    # d/dW of lam*sqrt(2)*||W|| = lam*sqrt(2)*W/||W||
+    expected = kernel - 0.1 * 0.5 * math.sqrt(2) * kernel / 5.0
+    np.testing.assert_allclose(to_numpy(model.get_layer("d").kernel), expected, rtol=1e-6)
+
+
+def test_a_zeroed_group_keeps_a_finite_gradient():
+    model = dense_model(units=2, inputs=2, regularizer=GroupLasso(0.5))
+    model.get_layer("d").set_weights(
+        [np.array([[0.0, 1.0], [0.0, 1.0]], "float32"), np.zeros(2, "float32")]
+    )
+    x = np.ones((4, 2), "float32")
+    fit_once(model, x, np.ones((4, 2), "float32"), lr=0.01)
+    assert np.isfinite(to_numpy(model.get_layer("d").kernel)).all()
+
+
+def test_the_pruning_mask_wins_over_the_regularizers():
+    x = keras.Input((3,))
+    h = keras.layers.Dense(4, name="pruned", kernel_regularizer=GroupLasso(0.5))(x)
+    model = keras.Model(x, keras.layers.Dense(4, name="free", kernel_regularizer=GroupLasso(0.5))(h))
+    small = np.full((3, 4), 0.04, "float32")  # every column under the threshold
+    model.get_layer("pruned").set_weights([small, np.zeros(4, "float32")])
+    model.get_layer("free").set_weights([np.full((4, 4), 0.03, "float32"), np.zeros(4, "float32")])
+    pruned = tfprune.prune(model, None, layers=["pruned"])  # no schedule: masks stay ones
+    pruned.compile(keras.optimizers.SGD(0.1), "mse")
+    pruned.fit(np.zeros((4, 3), "float32"), np.zeros((4, 4), "float32"), verbose=0,
+               callbacks=[tfprune.UpdatePruningStep(), tfprune.SoftThreshold()])  # fmt: skip
+    stripped = tfprune.strip_pruning(pruned)
+    assert (to_numpy(stripped.get_layer("free").kernel) == 0).all()  # thresholded
+    got = to_numpy(stripped.get_layer("pruned").kernel)  # not thresholded: a gradient step
+    assert (got != 0).all() and (got < 0.04).all()
+
+
+# ---------------------------------------------------------------- L0 gates
+def test_l0_gate_samples_follow_the_hard_concrete_distribution():
+    gate = l0.L0Gate(keras.layers.Dense(3), l0_strength=0.1, droprate_init=0.3, seed=0)
+    gate.build((None, 2))
+    log_alpha = np.array([-1.0, 0.0, 2.0], "float32")
+    gate.log_alpha.assign(log_alpha)
+    z = to_numpy(gate.gates(training=True, batch=40000))
+    beta, gamma, zeta = 2 / 3, -0.1, 1.1
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    p_closed = sigmoid(beta * logit(-gamma / (zeta - gamma)) - log_alpha)
+    p_open = 1 - sigmoid(beta * logit((1 - gamma) / (zeta - gamma)) - log_alpha)
+    np.testing.assert_allclose((z == 0).mean(axis=0), p_closed, atol=0.015)
+    np.testing.assert_allclose((z == 1).mean(axis=0), p_open, atol=0.015)
+    assert ((z >= 0) & (z <= 1)).all()
+    # the penalty is lam * sum P(gate != 0), in closed form
+    open_probability = sigmoid(log_alpha - beta * math.log(-gamma / zeta))
+    np.testing.assert_allclose(open_probability, 1 - p_closed, rtol=1e-6)
+    np.testing.assert_allclose((z > 0).mean(axis=0), open_probability, atol=0.015)
+    penalty = float(to_numpy(gate.log_alpha.regularizer(gate.log_alpha)))
+    assert penalty == pytest.approx(0.1 * open_probability.sum(), rel=1e-6)
+    # evaluation: deterministic, clip(sigmoid(a)(zeta - gamma) + gamma, 0, 1)
+    first, second = to_numpy(gate.gates(False)), to_numpy(gate.gates(False))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, np.clip(sigmoid(log_alpha) * 1.2 - 0.1, 0, 1), rtol=1e-6)
+
+
+def test_droprate_init_sets_the_initial_open_probability():
+    gate = l0.L0Gate(keras.layers.Dense(200), droprate_init=0.2, seed=1)
+    gate.build((None, 2))
+    assert to_numpy(gate.log_alpha).mean() == pytest.approx(math.log(0.8 / 0.2), abs=0.01)
+    with pytest.raises(ValueError, match=r"droprate_init=1.0"):
+        l0.L0Gate(keras.layers.Dense(2), droprate_init=1.0)
+
+
+def gated_cnn():
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(x)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU(name="relu1")(h)
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="swish", name="c2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    h = keras.layers.Dense(5, activation="relu", name="fc")(h)
+    return keras.Model(x, keras.layers.Dense(2, name="out")(h))
+
+
+def test_closed_gates_thin_to_a_smaller_model_with_the_same_outputs(rng, tmp_path):
+    model = gated_cnn()
+    gated = tfprune.add_l0_gates(model, l0_strength=0.01, droprate_init=0.2, seed=3)
+    gates = {g.layer.name: g for g in l0.gates_of(gated)}
+    assert sorted(gates) == ["bn1", "c2", "fc"]  # c1's gates sit on its normalization
+    for gate in gates.values():  # close every other gate
+        a = to_numpy(gate.log_alpha)
+        a[::2] = -10.0
+        gate.log_alpha.assign(a)
+    x = rng.normal(size=(6, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 2, size=6)
+    gated.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    gated.fit(x, y, epochs=1, verbose=0)  # trains, with the penalty in the loss
+    assert len(gated.losses) == 3
+    path = tmp_path / "gated.keras"
+    gated.save(path)
+    loaded = keras.models.load_model(path)
+    small = tfprune.thin(loaded)
+    expected = to_numpy(gated(x, training=False))
+    np.testing.assert_allclose(to_numpy(small(x, training=False)), expected, atol=1e-5)
+    opened = {name: int(g.open_channels().sum()) for name, g in gates.items()}
+    assert small.get_layer("c1").filters == opened["bn1"] == 4
+    assert small.get_layer("c2").filters == opened["c2"] == 3
+    assert small.get_layer("fc").units == opened["fc"] == 2
+    assert all(not isinstance(layer, l0.L0Gate) for layer in small.layers)
+
+
+# -------------------------------------------------------- network slimming
+def test_network_slimming_l1_on_scales_then_thin(rng):
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(x)
+    h = keras.layers.BatchNormalization(name="bn1", gamma_regularizer=L1(1.0))(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c2")(h)
+    h = keras.layers.BatchNormalization(name="bn2", gamma_regularizer=L1(1.0))(h)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    data = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 3, size=32)
+    for name in ("bn1", "bn2"):  # scales of several sizes: the small ones reach zero
+        model.get_layer(name).gamma.assign(rng.permutation(np.linspace(0.1, 1.5, 8)).astype("float32"))
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(data, labels, batch_size=8, epochs=2, verbose=0, callbacks=[tfprune.SoftThreshold()])
+    scales = np.abs(to_numpy(model.get_layer("bn1").gamma))
+    assert 0 < (scales == 0).sum() < 8, scales  # the proximal step zeroes some exactly
+    pruned = tfprune.prune(model, None, granularity="filter", criterion="bn_scale")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert small.get_layer("c1").filters == 4 and small.get_layer("c2").filters == 4
+    kept = np.flatnonzero(
+        to_numpy(pruned.get_layer("prune_low_magnitude_bn1").pruning_vars[0][1])
+    )
+    assert set(kept) == set(np.argsort(-scales, kind="stable")[:4])  # the largest scales
+    np.testing.assert_allclose(
+        to_numpy(small(data, training=False)), to_numpy(pruned(data, training=False)), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="bn_scale"):
+        tfprune.prune(model, None, granularity="element", criterion="bn_scale")
