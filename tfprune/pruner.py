@@ -22,6 +22,7 @@ Global()
 """
 
 import collections
+import functools
 import uuid
 import weakref
 
@@ -533,6 +534,5 @@ def update_masks(wrappers, sparsity=None):
     for pruner, members, target in jobs:
         reads = list({id(v): v for m in members for v in m.weights}.values())
         targets = pruner.updated_variables(members)
-        assign(
-            backend.compiled_updates(lambda: pruner.compute(members, target), reads, targets)
-        )
+        compute = functools.partial(pruner.compute, members, target)
+        assign(backend.compiled_updates(compute, reads, targets))
