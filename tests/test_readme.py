@@ -114,3 +114,26 @@ def test_the_thinning_example_runs(tmp_path, monkeypatch):
     ratio = tfprune.count_flops(flops) / tfprune.count_flops(build_model())
     assert 0.3 < ratio <= 0.5 and flops.get_layer("branch").filters % 8 == 0
     assert flops.get_layer("conv1_conv").filters >= 12
+
+
+@only_backends("tensorflow", "torch", reason="backend-independent; JAX runs the training tests")
+def test_the_regularization_example_runs():
+    (block,) = _section("Sparsity by regularization: group lasso, soft thresholding, L0 gates")
+    block = block.replace("epochs=10", "epochs=1")
+    rng = np.random.default_rng(0)
+    x = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(8, 3, name="conv")(x)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="head")(h))
+    namespace = {
+        "keras": keras,
+        "tfprune": tfprune,
+        "model": model,
+        "x": rng.normal(size=(16, 6, 6, 2)).astype("float32"),
+        "y": rng.integers(0, 3, 16),
+        "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    }
+    exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["small"].get_layer("conv").filters == 4
+    assert isinstance(namespace["gated"].get_layer("l0_gate_bn"), tfprune.L0Gate)

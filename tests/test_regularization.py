@@ -83,6 +83,8 @@ def test_soft_threshold_zeroes_exactly_the_groups_under_the_threshold():
     # a group at or under the threshold is exactly zero: column 2 (already
     # zero) stays, the others shrink but survive
     assert (got[:, 2] == 0).all() and (got[:, [0, 1, 3]] != 0).all()
+    logs = tfprune.callbacks._pruning_logs(model)  # zeros count as pruned
+    assert logs[f"{model.get_layer('d').kernel.path}/sparsity"] == 0.25
     model.get_layer("d").set_weights([np.full((3, 4), 0.04, "float32"), np.zeros(4, "float32")])
     fit_once(model, x, y, lr=0.1, callbacks=[callback])  # norms 0.069 < 0.0866
     assert (to_numpy(model.get_layer("d").kernel) == 0).all()
@@ -214,6 +216,8 @@ def test_closed_gates_thin_to_a_smaller_model_with_the_same_outputs(rng, tmp_pat
     expected = to_numpy(gated(x, training=False))
     np.testing.assert_allclose(to_numpy(small(x, training=False)), expected, atol=1e-5)
     opened = {name: int(g.open_channels().sum()) for name, g in gates.items()}
+    logs = tfprune.callbacks._pruning_logs(gated)  # closed gates count as pruned
+    assert logs[f"{gates['c2'].log_alpha.path}/sparsity"] == 0.5
     assert small.get_layer("c1").filters == opened["bn1"] == 4
     assert small.get_layer("c2").filters == opened["c2"] == 3
     assert small.get_layer("fc").units == opened["fc"] == 2

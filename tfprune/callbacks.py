@@ -110,14 +110,28 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
 
 def _pruning_logs(model):
+    """Sparsity of every pruning mask, regularized weight and L0 gate set.
+
+    Zeros from a proximal regularizer and closed gates count as pruned.
+    """
+    from tfprune import l0, regularizers
+
     logs = {}
+    masked = set()
     for layer in collect_prunable_layers(model):
-        for _, mask, threshold in layer.pruning_vars:
+        for weight, mask, threshold in layer.pruning_vars:
+            masked.add(id(weight))
             mask_value = keras.ops.convert_to_numpy(mask)
             logs[f"{mask.path}/sparsity"] = float(1.0 - np.mean(mask_value))
             logs[f"{threshold.path}/threshold"] = float(
                 keras.ops.convert_to_numpy(threshold)
             )
+    for variable, _ in regularizers.regularized_variables(model):
+        if id(variable) not in masked:
+            value = keras.ops.convert_to_numpy(variable)
+            logs[f"{variable.path}/sparsity"] = float(np.mean(value == 0))
+    for gate in l0.gates_of(model):
+        logs[f"{gate.log_alpha.path}/sparsity"] = float(1.0 - np.mean(gate.open_channels()))
     return logs
 
 

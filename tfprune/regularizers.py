@@ -220,11 +220,14 @@ def regularize(model, regularizer):
 def regularized_variables(model):
     """`[(variable, regularizer)]` of the model's weights with a proximal
     (tfprune) regularizer."""
-    return [
-        (v, v.regularizer)
-        for v in model.trainable_variables
-        if isinstance(getattr(v, "regularizer", None), _Proximal)
-    ]
+    found = []
+    for v in model.trainable_variables:
+        regularizer = getattr(v, "regularizer", None)
+        if isinstance(regularizer, ReportedOnly):  # while SoftThreshold trains
+            regularizer = regularizer.regularizer
+        if isinstance(regularizer, _Proximal):
+            found.append((v, regularizer))
+    return found
 
 
 class _ProximalStep(keras.constraints.Constraint):
