@@ -91,7 +91,7 @@ class Term:
 
 
 class UnknownLayerError(ValueError):
-    pass
+    """A layer without a channel rule reads channels that would be removed."""
 
 
 class _Builder:
@@ -868,30 +868,3 @@ def _blocked_message(structure, layer_name, producers):
         "those layers out with `layers=`."
     )
 
-
-def weight_masks(structure, layer, keep, xp=np):
-    """`{path: mask}` of a layer's masked weights for the kept units `keep`.
-
-    A weight with channel axes in several units (a kernel: its input and its
-    output channels) keeps an element when every one of its units is kept.
-    `xp` is `numpy` or `keras.ops`.
-    """
-    masks = {}
-    for m in structure.members.get(layer.name, []):
-        if m.role == "carry":
-            continue
-        variable = layer_specs_resolve(layer, m.path)
-        shape = tuple(variable.shape)
-        axis = m.axis % len(shape)
-        view = [1] * len(shape)
-        view[axis] = shape[axis]
-        kept = xp.reshape(xp.take(keep, m.units), view)
-        mask = xp.broadcast_to(kept, shape)
-        masks[m.path] = mask if m.path not in masks else xp.logical_and(masks[m.path], mask)
-    return masks
-
-
-def layer_specs_resolve(layer, path):
-    from tfprune.layers import resolve
-
-    return resolve(layer, path)

@@ -392,12 +392,6 @@ def _forced(binding, scores):
     return _per_group_top_k(binding, scores, counts)
 
 
-def _allowed(binding, scores):
-    """Units a global ranking may remove (`min_sparsity` forces removals: not
-    modelled globally; every eligible unit may go)."""
-    return ops.convert_to_tensor(binding.eligible)
-
-
 def select(binding, scores, sparsity, per_layer):
     """The boolean keep vector over all units."""
     scores = masking.non_negative(scores)
@@ -405,7 +399,7 @@ def select(binding, scores, sparsity, per_layer):
         counts = _rounded(binding, _group_keep_counts(binding, sparsity))
         return _per_group_top_k(binding, scores, counts)
     forced = _forced(binding, scores)
-    eligible = ops.logical_and(_allowed(binding, scores), ops.logical_not(forced))
+    eligible = ops.logical_and(binding.eligible, ops.logical_not(forced))
     if binding.budget == "channels":
         total = masking.keep_count(int(binding.eligible.sum()), sparsity)
         room = total - ops.sum(ops.cast(ops.logical_and(forced, binding.eligible), "int32"))
@@ -472,11 +466,3 @@ def compute(pruner, members, sparsity):
     for m in members:
         updates += pruner.criterion.reset(m._criterion_state)
     return updates
-
-
-def kept_fraction(binding, keep):
-    """Host-side helper: the cost kept, as a fraction (tests and reports)."""
-    keep = np.asarray(keep, bool)
-    return binding.structure.count(binding.budget, keep) / binding.full_cost
-
-
