@@ -19,6 +19,19 @@ def only_backends(*names, reason):
     return pytest.mark.skipif(BACKEND not in names, reason=reason)
 
 
+# JAX compiles every eager op the first time it meets it, so its pass is the
+# slowest; tests of backend-independent code paths that other cases already
+# run on JAX skip it.
+SAME_PATH_ON_JAX = pytest.mark.skipif(
+    BACKEND == "jax", reason="the same code path runs on JAX in a sibling case"
+)
+
+
+def except_on_jax(values, keep):
+    """Parameters for `parametrize`: on JAX only those in `keep` run."""
+    return [v if v in keep else pytest.param(v, marks=SAME_PATH_ON_JAX) for v in values]
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
     keras.utils.set_random_seed(1234)

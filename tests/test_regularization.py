@@ -6,7 +6,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import SAME_PATH_ON_JAX, to_numpy
 
 import tfprune
 from tfprune import l0
@@ -19,6 +19,7 @@ def dense_model(units=4, inputs=3, regularizer=None):
     )
 
 
+@SAME_PATH_ON_JAX
 # ------------------------------------------------------------- penalties
 @pytest.mark.parametrize(
     "granularity, axis", [("filter", -1), ("channel", -2), ("row", 0), ("column", 1)]
@@ -43,6 +44,7 @@ def test_bad_regularizer_arguments():
         GroupLasso(0.1, granularity="row")(np.zeros((2, 2, 2), "float32"))
 
 
+@SAME_PATH_ON_JAX
 def test_regularizers_round_trip_through_keras_saving(tmp_path):
     model = dense_model()
     tfprune.regularize(model, GroupLasso(0.05, granularity="column"))
@@ -107,6 +109,7 @@ def test_soft_threshold_l1_and_regrowth_when_the_data_push(rng):
     assert to_numpy(model.get_layer("d").kernel)[0, 0] > 0.1
 
 
+@SAME_PATH_ON_JAX
 def test_without_soft_threshold_the_penalty_is_a_gradient_step():
     model = dense_model(units=1, inputs=2, regularizer=GroupLasso(0.5))
     kernel = np.array([[3.0], [4.0]], "float32")  # norm 5
@@ -117,6 +120,7 @@ def test_without_soft_threshold_the_penalty_is_a_gradient_step():
     np.testing.assert_allclose(to_numpy(model.get_layer("d").kernel), expected, rtol=1e-6)
 
 
+@SAME_PATH_ON_JAX
 def test_a_zeroed_group_keeps_a_finite_gradient():
     model = dense_model(units=2, inputs=2, regularizer=GroupLasso(0.5))
     model.get_layer("d").set_weights(
@@ -176,6 +180,7 @@ def test_l0_gate_samples_follow_the_hard_concrete_distribution():
     np.testing.assert_allclose(first, np.clip(sigmoid(log_alpha) * 1.2 - 0.1, 0, 1), rtol=1e-6)
 
 
+@SAME_PATH_ON_JAX
 def test_droprate_init_sets_the_initial_open_probability():
     gate = l0.L0Gate(keras.layers.Dense(200), droprate_init=0.2, seed=1)
     gate.build((None, 2))
@@ -195,6 +200,7 @@ def gated_cnn():
     return keras.Model(x, keras.layers.Dense(2, name="out")(h))
 
 
+@SAME_PATH_ON_JAX
 def test_closed_gates_thin_to_a_smaller_model_with_the_same_outputs(rng, tmp_path):
     model = gated_cnn()
     gated = tfprune.add_l0_gates(model, l0_strength=0.01, droprate_init=0.2, seed=3)
@@ -224,6 +230,7 @@ def test_closed_gates_thin_to_a_smaller_model_with_the_same_outputs(rng, tmp_pat
     assert all(not isinstance(layer, l0.L0Gate) for layer in small.layers)
 
 
+@SAME_PATH_ON_JAX
 # -------------------------------------------------------- network slimming
 def test_network_slimming_l1_on_scales_then_thin(rng):
     x = keras.Input((8, 8, 3))
@@ -255,3 +262,41 @@ def test_network_slimming_l1_on_scales_then_thin(rng):
     )
     with pytest.raises(ValueError, match="bn_scale"):
         tfprune.prune(model, None, granularity="element", criterion="bn_scale")
+
+
+@SAME_PATH_ON_JAX
+def test_channel_group_lasso_zeros_are_removed_by_thin(rng):
+    """Zeroed input channels of a consumer are unread: `thin` removes them exactly."""
+    x = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(x)
+    h = keras.layers.Conv2D(4, 3, name="c2", kernel_regularizer=GroupLasso(0.5, "channel"))(h)
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(keras.layers.Flatten()(h)))
+    kernel = to_numpy(model.get_layer("c2").kernel).copy()
+    kernel[:, :, :3, :] *= 0.01  # three input channels with small norms
+    model.get_layer("c2").kernel.assign(kernel)
+    data = rng.normal(size=(8, 6, 6, 2)).astype("float32")
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    model.fit(data, np.zeros((8, 2), "float32"), verbose=0, callbacks=[tfprune.SoftThreshold()])
+    zero = (to_numpy(model.get_layer("c2").kernel) == 0).all(axis=(0, 1, 3))
+    assert zero[:3].all() and not zero[3:].any()
+    small = tfprune.thin(model)
+    assert small.get_layer("c1").filters == 5
+    np.testing.assert_allclose(to_numpy(small(data)), to_numpy(model(data)), atol=1e-5)
+
+
+@SAME_PATH_ON_JAX
+def test_regularize_reaches_layers_at_any_depth(tmp_path):
+    tokens = keras.Input((5,), dtype="int32")
+    h = keras.layers.Embedding(10, 8, name="embed")(tokens)
+    h = keras.layers.LSTM(6, return_sequences=True, name="lstm")(h)
+    h = keras.layers.MultiHeadAttention(2, 3, name="mha")(h, h)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="out")(h))
+    tfprune.regularize(model, L1(1e-3))
+    regularized = [v.path for v, _ in tfprune.regularizers.regularized_variables(model)]
+    for fragment in ("embed/embeddings", "lstm_cell/kernel", "lstm_cell/recurrent_kernel",
+                     "query/kernel", "attention_output/kernel", "out/kernel"):  # fmt: skip
+        assert any(fragment in path for path in regularized), (fragment, regularized)
+    assert len(model.losses) == len(regularized)
+    model.save(tmp_path / "r.keras")
+    loaded = keras.models.load_model(tmp_path / "r.keras")
+    assert len(tfprune.regularizers.regularized_variables(loaded)) == len(regularized)

@@ -211,9 +211,19 @@ def regularize(model, regularizer):
         raise ValueError(f"Model '{model.name}' has no prunable weights to regularize.")
     for layer, variable, spec in found:
         variable.regularizer = regularizer
-        attribute = f"{spec.path.split('.')[-1].split('/')[-1].lstrip('_')}_regularizer"
-        if hasattr(layer, attribute):
-            setattr(layer, attribute, regularizer)
+        name = spec.path.split(".")[-1].split("/")[-1].lstrip("_")
+        # the constructor argument that saves it: kernel_regularizer,
+        # recurrent_regularizer (of recurrent_kernel), embeddings_regularizer
+        for attribute in (f"{name}_regularizer", f"{name.replace('_kernel', '')}_regularizer"):
+            if hasattr(layer, attribute):
+                setattr(layer, attribute, regularizer)
+                break
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        # MultiHeadAttention saves one regularizer for its four projections.
+        if isinstance(layer, keras.layers.MultiHeadAttention) and layer.built:
+            parts = (layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense)
+            if all(part.kernel.regularizer is regularizer for part in parts):
+                layer._kernel_regularizer = regularizer
     return model
 
 
