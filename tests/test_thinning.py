@@ -338,7 +338,9 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
 
     saved = []
     x = rng.normal(loc=100.0, scale=50.0, size=(8, 32, 32, 3)).astype("float32")
-    for name in ("ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"):
+    # ResNet50 (residual adds, covered here by the others' and by the zoo) is
+    # checked in bench/thinning.py: equal outputs, TFLite, at 30/50/75%.
+    for name in ("MobileNetV2", "DenseNet121", "EfficientNetB0"):
         model = getattr(keras.applications, name)(
             weights=None, input_shape=(32, 32, 3), classifier_activation=None
         )
@@ -364,7 +366,7 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
             interpreter.set_tensor(source["index"], x)
             interpreter.invoke()
             np.testing.assert_allclose(interpreter.get_tensor(target["index"]), y, atol=1e-4)
-        if name == "MobileNetV2":  # (ResNet50 too: 0.5000, by hand; slow here)
+        if name == "MobileNetV2":
             flops = tfprune.prune(model, None, granularity="filter", budget="flops")
             tfprune.update_masks(flops, 0.5)
             ratio = tfprune.count_flops(tfprune.thin(flops)) / tfprune.count_flops(model)
@@ -373,7 +375,7 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
     out = subprocess.run(
         [sys.executable, "-c", LOADER, *saved], env=env, capture_output=True, text=True, timeout=300
     )
-    assert out.returncode == 0 and "ok 4" in out.stdout, out.stderr[-2000:]
+    assert out.returncode == 0 and "ok 3" in out.stdout, out.stderr[-2000:]
 
 
 @graph_logic

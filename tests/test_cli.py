@@ -1,0 +1,142 @@
+"""The `tfprune` command line, through its real entry point (subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, only_backends
+
+import tfprune
+from tfprune import __main__ as cli
+from tfprune import l0, sparsity
+
+pytestmark = only_backends(
+    "tensorflow", reason="backend-independent (subprocesses); run in the TensorFlow pass only"
+)
+
+
+def run(*args):
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "tfprune", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A pruned, regularized and gated model, saved: every kind of zero."""
+    x = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, name="conv")(x)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(6, name="fc")(h)
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    model.get_layer("fc").kernel.assign(np.zeros((4, 6), "float32"))  # a regularizer's zeros
+    gated = tfprune.add_l0_gates(model, droprate_init=0.1, seed=0)
+    conv_gate = next(g for g in l0.gates_of(gated) if g.layer.name == "conv")
+    conv_gate.log_alpha.assign(np.array([-10.0, 5.0, 5.0, 5.0], "float32"))  # one closed gate
+    pruned = tfprune.prune_low_magnitude(gated, tfprune.ConstantSparsity(0.5, 0))
+    path = tmp_path / "model.keras"
+    pruned.save(path)
+    return path, pruned
+
+
+def test_inspect_reports_pruned_regularized_and_gated_zeros(saved):
+    path, pruned = saved
+    out = run("inspect", str(path), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    table = json.loads(out.stdout)
+    rows = {r["weight"]: r for r in table["rows"]}
+    conv = next(r for name, r in rows.items() if name.endswith("conv/kernel"))
+    assert conv["zero_filters"] == 1  # the closed gate, folded
+    fc = next(r for name, r in rows.items() if name.endswith("fc/kernel"))
+    assert fc["sparsity"] == 1.0 and fc["zero_rows"] == 4
+    assert table["totals"] == pytest.approx(
+        sparsity.sparsity_table(pruned, sizes=True)["totals"], rel=0.1
+    )
+    assert table["totals"]["keras_gzip_bytes"] < table["totals"]["keras_bytes"]
+    # the other formats in process (each subprocess imports TensorFlow: seconds)
+    text = sparsity.format_table(sparsity.sparsity_table(pruned, sizes=True))
+    assert "total" in text and ".keras size" in text
+    csv_text = sparsity.format_table(sparsity.sparsity_table(pruned), "csv")
+    assert csv_text.splitlines()[0] == ",".join(sparsity.COLUMNS)
+    assert len(csv_text.splitlines()) == 1 + len(table["rows"])
+
+
+def test_inspect_refuses_bad_input_with_exit_code_2(tmp_path):
+    missing = run("inspect", str(tmp_path / "nope.keras"))
+    assert missing.returncode == 2
+    last = missing.stderr.strip().splitlines()[-1]  # (after TensorFlow's own start-up lines)
+    assert last == f"tfprune: error: no such model file: {tmp_path / 'nope.keras'}"
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    bad = run("inspect", str(junk))
+    ours = [line for line in bad.stderr.splitlines() if line.startswith("tfprune:")]
+    assert bad.returncode == 2 and len(ours) == 1 and ours[0].startswith("tfprune: error: cannot load")
+
+
+
+def test_inspect_usage_errors_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["inspect", "--format", "xml", "model.keras"])
+    assert exit_info.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["inspect", "--help"])
+    assert exit_info.value.code == 0
+    assert "zero filters/channels/rows" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------- schedule
+def test_schedule_prints_the_updates_a_training_run_sees_and_plots_them(tmp_path, capsys):
+    png = tmp_path / "curve.png"
+    code = cli.main(["schedule", "polynomial", "--initial-sparsity", "0.5", "--final-sparsity",
+                     "0.9", "--begin-step", "0", "--end-step", "1000", "--frequency", "100",
+                     "--plot", str(png)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = [line.split() for line in out.splitlines()[2:12]]
+    # step 0 is never a training step: the first update is at step 100
+    schedule = tfprune.PolynomialDecay(0.5, 0.9, 0, 1000, frequency=100)
+    expected = [[str(s), f"{float(schedule(s)[1]):.4f}"] for s in range(100, 1001, 100)]
+    assert lines == expected
+    assert "10 mask updates" in out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a real image
+    from matplotlib import image
+
+    pixels = image.imread(png)
+    assert pixels.shape[0] > 100 and pixels[..., :3].std() > 0.05  # not blank
+
+
+def test_schedule_from_a_config_file(tmp_path, capsys):
+    saved = tmp_path / "s.json"
+    schedule = tfprune.AGP(0.8, begin_step=10, end_step=50, frequency=20)
+    saved.write_text(json.dumps(keras.saving.serialize_keras_object(schedule)))
+    assert cli.main(["schedule", "--config", str(saved), "--steps", "60"]) == 0
+    steps = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert steps == ["10", "30", "50"]
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"schedule": "constant", "target_sparsity": 0.5, "begin_step": 0,
+                                "frequency": 5}))  # fmt: skip
+    assert cli.main(["schedule", "--config", str(flat), "--steps", "10"]) == 0
+    assert "2 mask updates" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["schedule", "polynomial", "--initial-sparsity", "0.5", "--final-sparsity", "1.5",
+          "--begin-step", "0", "--end-step", "10"], "final_sparsity"),
+        (["schedule", "constant", "--target-sparsity", "0.5", "--begin-step", "0", "--rate", "0.1"],
+         "schedule 'constant' takes target_sparsity, begin_step, end_step, frequency; not rate"),
+        (["schedule", "--config", "missing.json"], "no such config file: missing.json"),
+        (["schedule"], "give a schedule name"),
+    ],
+)  # fmt: skip
+def test_schedule_refuses_bad_values_with_exit_code_2(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfprune: error: ") and message in err and len(err.splitlines()) == 1
