@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -140,3 +141,38 @@ def test_schedule_refuses_bad_values_with_exit_code_2(args, message, capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("tfprune: error: ") and message in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------- strip, export
+def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys):
+    path, pruned = saved
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 2)).astype("float32")
+    expected = keras.ops.convert_to_numpy(pruned(x, training=False))
+    out = tmp_path / "plain.keras"
+    assert cli.main(["strip", str(path), "--out", str(out)]) == 0
+    assert "gzip" in capsys.readouterr().out
+    plain = keras.models.load_model(out)
+    assert not any(isinstance(l, (tfprune.PruneLowMagnitude, l0.L0Gate)) for l in plain.layers)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), expected, atol=1e-5)
+    import tensorflow as tf
+
+    for sparse in (False, True):
+        target = tmp_path / f"m{int(sparse)}.tflite"
+        args = ["export", str(path), "--format", "tflite", "--out", str(target)]
+        assert cli.main(args + (["--sparse"] if sparse else [])) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        raw, zipped = map(int, re.search(r"(\d+) bytes, gzip (\d+) bytes", last).groups())
+        interpreter = tf.lite.Interpreter(model_path=str(target))
+        source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.resize_tensor_input(source["index"], x.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], x)
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(result["index"]), expected, atol=1e-4)
+        assert raw == target.stat().st_size and zipped < raw
+    saved_model = tmp_path / "saved"
+    assert cli.main(["export", str(path), "--format", "savedmodel", "--out", str(saved_model)]) == 0
+    assert (saved_model / "saved_model.pb").exists()
+    assert cli.main(["export", str(path), "--format", "keras", "--out", str(tmp_path / "k.keras"),
+                     "--sparse"]) == 2  # fmt: skip
+    assert "--sparse applies to --format tflite" in capsys.readouterr().err

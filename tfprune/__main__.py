@@ -3,6 +3,8 @@
     tfprune demo                       prune a small CNN on digits to 90% with AGP
     tfprune inspect MODEL.keras        sparsity table of a saved model
     tfprune schedule polynomial ...    a schedule's sparsity at its pruning steps (and a plot)
+    tfprune strip MODEL.keras --out OUT.keras          a plain model: wrappers and gates removed
+    tfprune export MODEL.keras --format tflite --out OUT.tflite [--sparse]
 """
 
 import argparse
@@ -174,6 +176,66 @@ def schedule_command(args):
     return 0
 
 
+def _sizes(path):
+    """`(raw bytes, gzip bytes)` of a file, or of every file under a directory."""
+    import gzip
+
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in sorted(names)
+    ]
+    raw = zipped = 0
+    for name in files:
+        with open(name, "rb") as f:
+            data = f.read()
+        raw += len(data)
+        zipped += len(gzip.compress(data))
+    return raw, zipped
+
+
+def _plain(model):
+    from tfprune import thinning
+
+    return thinning._strip(model)  # wrappers stripped (masks applied), gates folded
+
+
+def strip_command(args):
+    model, code = _load(args.model)
+    if model is None:
+        return code
+    plain = _plain(model)
+    plain.save(args.out)
+    raw, zipped = _sizes(args.out)
+    print(f"{args.out}: {raw} bytes, gzip {zipped} bytes")
+    return 0
+
+
+def export_command(args):
+    if args.sparse and args.format != "tflite":
+        return _fail("--sparse applies to --format tflite (TFLite's sparse weight encoding)")
+    model, code = _load(args.model)
+    if model is None:
+        return code
+    plain = _plain(model)
+    try:
+        if args.format == "keras":
+            plain.save(args.out)
+        elif args.format == "savedmodel":
+            plain.export(args.out, format="tf_saved_model", verbose=False)
+        else:
+            import tensorflow as tf
+
+            converter = tf.lite.TFLiteConverter.from_keras_model(plain)
+            if args.sparse:
+                converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+            with open(args.out, "wb") as f:
+                f.write(converter.convert())
+    except ImportError as error:
+        return _fail(f"--format {args.format} needs TensorFlow: {error}")
+    raw, zipped = _sizes(args.out)
+    print(f"{args.out}: {raw} bytes, gzip {zipped} bytes")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tfprune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -203,6 +265,22 @@ def main(argv=None):
         schedule_parser.add_argument(f"--{flag}", type=int)
     schedule_parser.add_argument("--steps", type=int, help="last step shown (default: the end)")
     schedule_parser.add_argument("--plot", help="write the curve to this PNG file")
+    strip_parser = sub.add_parser(
+        "strip", help="save a plain model: pruning wrappers stripped, L0 gates folded"
+    )
+    strip_parser.add_argument("model", help="a .keras file")
+    strip_parser.add_argument("--out", required=True, help="the .keras file to write")
+    export_parser = sub.add_parser(
+        "export",
+        help="export a plain model to .keras, a SavedModel or .tflite",
+        description="Strips wrappers and folds gates, then exports; prints the result's "
+        "size raw and gzip. --sparse writes TFLite's sparse weight encoding "
+        "(tf.lite.Optimize.EXPERIMENTAL_SPARSITY).",
+    )
+    export_parser.add_argument("model", help="a .keras file")
+    export_parser.add_argument("--format", choices=("keras", "savedmodel", "tflite"), required=True)
+    export_parser.add_argument("--out", required=True, help="file (or directory) to write")
+    export_parser.add_argument("--sparse", action="store_true", help="TFLite sparse encoding")
     args = parser.parse_args(argv)
     _quiet()
     if args.command in (None, "demo"):
@@ -212,6 +290,10 @@ def main(argv=None):
         return 0
     if args.command == "inspect":
         return inspect(args)
+    if args.command == "strip":
+        return strip_command(args)
+    if args.command == "export":
+        return export_command(args)
     if args.command == "schedule":
         if not args.name and not args.config:
             return _fail("give a schedule name (e.g. `polynomial`) or --config FILE")
