@@ -152,7 +152,8 @@ def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys)
     assert cli.main(["strip", str(path), "--out", str(out)]) == 0
     assert "gzip" in capsys.readouterr().out
     plain = keras.models.load_model(out)
-    assert not any(isinstance(l, (tfprune.PruneLowMagnitude, l0.L0Gate)) for l in plain.layers)
+    kinds = (tfprune.PruneLowMagnitude, l0.L0Gate)
+    assert not any(isinstance(layer, kinds) for layer in plain.layers)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), expected, atol=1e-5)
     import tensorflow as tf
 
