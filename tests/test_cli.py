@@ -177,3 +177,77 @@ def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys)
     assert cli.main(["export", str(path), "--format", "keras", "--out", str(tmp_path / "k.keras"),
                      "--sparse"]) == 2  # fmt: skip
     assert "--sparse applies to --format tflite" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- sensitivity
+def _classifier(rng):
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int32") + 2 * (x[:, 2] > 0)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(16, activation="relu", name="h"),
+         keras.layers.Dense(4, name="out")]
+    )  # fmt: skip
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=30, verbose=0)
+    return model, x, y
+
+
+def test_sensitivity_measures_each_layer_alone_and_restores_it(rng):
+    model, x, y = _classifier(rng)
+    before = [w.copy() for w in model.get_weights()]
+    result = tfprune.sensitivity(model, x, y, sparsities=(0.5, 0.9), verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert [(layer, s) for layer, s, _ in result.rows] == [
+        ("h", 0.0), ("h", 0.5), ("h", 0.9), ("out", 0.0), ("out", 0.5), ("out", 0.9)
+    ]
+    # one cell by hand: 'h' at 50%, its 48 smallest |w| zeroed
+    kernel = before[0].copy()
+    kernel.reshape(-1)[np.argsort(np.abs(kernel).reshape(-1), kind="stable")[:48]] = 0
+    model.get_layer("h").kernel.assign(kernel)
+    expected = float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+    model.set_weights(before)
+    assert dict(result.curve("h"))[0.5] == expected
+    assert dict(result.curve("h"))[0.0] == float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+    filters = tfprune.sensitivity(model, x, y, sparsities=(0.5,), granularity="filter", verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert len(filters.rows) == 4
+
+
+def test_sensitivity_allocation_meets_the_overall_target():
+    from tfprune.sensitivity import Sensitivity
+
+    rows = [("a", 0.0, 1.0), ("a", 0.5, 0.99), ("a", 0.9, 0.5),
+            ("b", 0.0, 1.0), ("b", 0.5, 0.95), ("b", 0.9, 0.94)]  # fmt: skip
+    result = Sensitivity(rows, {"a": 100, "b": 300}, "element")
+    assert result.allocate(0.6) == {"a": 0.5, "b": 0.9}  # tolerance 0.06: (50 + 270) / 400
+    assert result.allocate(0.3) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="more than the measured sparsities reach"):
+        result.allocate(0.95)
+
+
+def test_sensitivity_command_writes_table_csv_plot_and_scope(rng, tmp_path):
+    model, x, y = _classifier(rng)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = run("sensitivity", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"),
+              "--sparsities", "0.5,0.9", "--csv", str(tmp_path / "s.csv"), "--plot",
+              str(tmp_path / "s.png"), "--budget", "0.5", "--scope-out", str(tmp_path / "s.json"),
+              "--quiet")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "layer,sparsity,metric" and len(lines) == 7
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    scope = json.loads((tmp_path / "s.json").read_text())
+    sizes = {"h": 6 * 16, "out": 16 * 4}
+    assert sum(scope[k] * sizes[k] for k in scope) / sum(sizes.values()) >= 0.5
+    assert "50%" in out.stdout and "90%" in out.stdout
+
+
+def test_sensitivity_command_refuses_bad_data(tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((2, 6), "float32"))
+    assert cli.main(["sensitivity", "m.keras", "--data", str(tmp_path / "bad.npz")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tfprune: error: {tmp_path / 'bad.npz'} lacks 'y' (has ['x'])"
+    )
+    assert cli.main(["sensitivity", "m.keras", "--data", str(tmp_path / "none.npz")]) == 2
+    assert "no such data file" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from tfprune.schedules import (
     PruningSchedule,
 )
 from tfprune.scoring import Criterion
+from tfprune.sensitivity import sensitivity
 from tfprune.thinning import Plan, apply_plan, count_flops, count_params, thin
 from tfprune.thinning import report as thinning_report
 from tfprune.wrapper import PruneLowMagnitude
@@ -71,6 +72,7 @@ __all__ = [
     "prune_scope",
     "regularize",
     "regularizers",
+    "sensitivity",
     "rewind_weights",
     "snapshot_weights",
     "strip_pruning",

@@ -5,6 +5,7 @@
     tfprune schedule polynomial ...    a schedule's sparsity at its pruning steps (and a plot)
     tfprune strip MODEL.keras --out OUT.keras          a plain model: wrappers and gates removed
     tfprune export MODEL.keras --format tflite --out OUT.tflite [--sparse]
+    tfprune sensitivity MODEL.keras --data DATA.npz [--budget 0.7 --scope-out S.json]
 """
 
 import argparse
@@ -236,6 +237,62 @@ def export_command(args):
     return 0
 
 
+def _load_data(path):
+    """`(x, y)` for evaluation from a `.npz` (`x_val`/`y_val` when present)."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise ValueError(f"no such data file: {path}")
+    try:
+        data = np.load(path)
+    except Exception as error:
+        raise ValueError(f"cannot read {path} as .npz: {type(error).__name__}") from None
+    keys = set(getattr(data, "files", []))
+    missing = [k for k in ("x", "y") if k not in keys]
+    if missing:
+        raise ValueError(f"{path} lacks {' and '.join(repr(k) for k in missing)} (has {sorted(keys)})")
+    if "x_val" in keys and "y_val" in keys:
+        return data["x_val"], data["y_val"]
+    return data["x"], data["y"]
+
+
+def sensitivity_command(args):
+    import json
+
+    try:
+        x, y = _load_data(args.data)
+        sparsities = [float(s) for s in args.sparsities.split(",")]
+    except ValueError as error:
+        return _fail(str(error))
+    model, code = _load(args.model)
+    if model is None:
+        return code
+    from tfprune.sensitivity import sensitivity
+
+    try:
+        result = sensitivity(
+            _plain(model), x, y, sparsities=sparsities, granularity=args.granularity,
+            verbose=0 if args.quiet else 1,
+        )  # fmt: skip
+        scope = None if args.budget is None else result.allocate(args.budget)
+    except ValueError as error:
+        return _fail(str(error).splitlines()[0])
+    print(result.table())
+    if args.csv:
+        result.to_csv(args.csv)
+        print(f"csv: {args.csv}")
+    if args.plot:
+        result.plot(args.plot)
+        print(f"plot: {args.plot}")
+    if scope is not None:
+        print(f"per-layer sparsities for {args.budget:.0%} overall: {scope}")
+        if args.scope_out:
+            with open(args.scope_out, "w") as f:
+                json.dump(scope, f, indent=1)
+            print(f"scope: {args.scope_out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tfprune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -281,6 +338,23 @@ def main(argv=None):
     export_parser.add_argument("--format", choices=("keras", "savedmodel", "tflite"), required=True)
     export_parser.add_argument("--out", required=True, help="file (or directory) to write")
     export_parser.add_argument("--sparse", action="store_true", help="TFLite sparse encoding")
+    sens = sub.add_parser(
+        "sensitivity",
+        help="prune each layer alone over a sweep of sparsities and evaluate",
+        description="Prints the metric (accuracy for class labels, else -MSE) of the model "
+        "with each layer alone pruned by magnitude at each sparsity; --csv and --plot "
+        "write them; --budget turns them into per-layer sparsities reaching that overall "
+        "sparsity (a {layer: sparsity} scope for tfprune.prune).",
+    )
+    sens.add_argument("model", help="a .keras file")
+    sens.add_argument("--data", required=True, help=".npz with x, y (x_val, y_val used if present)")
+    sens.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    sens.add_argument("--granularity", choices=("element", "filter"), default="element")
+    sens.add_argument("--csv", help="write the measurements to this CSV file")
+    sens.add_argument("--plot", help="write metric vs sparsity per layer to this PNG file")
+    sens.add_argument("--budget", type=float, help="overall sparsity to allocate")
+    sens.add_argument("--scope-out", help="write the allocated {layer: sparsity} to this JSON")
+    sens.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     _quiet()
     if args.command in (None, "demo"):
@@ -290,6 +364,8 @@ def main(argv=None):
         return 0
     if args.command == "inspect":
         return inspect(args)
+    if args.command == "sensitivity":
+        return sensitivity_command(args)
     if args.command == "strip":
         return strip_command(args)
     if args.command == "export":

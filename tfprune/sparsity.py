@@ -9,9 +9,9 @@ proximal regularizer and closed gates all count the same way.
 
 Example:
 >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
->>> model.get_layer("d").kernel.assign(np.zeros((3, 2), "float32"))
->>> [(r["weight"], r["sparsity"], r["zero_filters"]) for r in sparsity_table(model)["rows"]]
-[('d/kernel', 1.0, 2), ('d/bias', 1.0, 0)]
+>>> _ = model.get_layer("d").kernel.assign(np.zeros((3, 2), "float32"))
+>>> [(r["shape"], r["sparsity"], r["zero_filters"]) for r in sparsity_table(model)["rows"]]
+[([3, 2], 1.0, 2), ([2], 1.0, 0)]
 """
 
 import csv

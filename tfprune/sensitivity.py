@@ -1,0 +1,223 @@
+"""Sensitivity analysis: how much each layer can lose alone (Distiller's).
+
+`sensitivity(model, x, y)` prunes each prunable layer alone, by magnitude,
+over a sweep of sparsities, evaluates the model on `(x, y)` after each, and
+restores the weights: `Sensitivity.rows` holds `(layer, sparsity, metric)`.
+With `granularity="filter"` whole output filters of the layer go (kernel
+slice and bias, lowest mean |w| first) instead of single weights.
+
+The metric is accuracy when `y` holds class labels (integers, or one-hot
+rows) and the model outputs scores per class; otherwise the negative mean
+squared error (higher is better either way).
+
+`Sensitivity.allocate(target)` turns the measurements into per-layer
+sparsities meeting an overall weight sparsity (Distiller's sensitivity-driven
+allocation): every layer takes the largest measured sparsity whose metric
+stays within one tolerance of the dense model's, the tolerance being the
+smallest that reaches the target. The result is a `{layer: sparsity}` scope
+for `tfprune.prune(model, schedule, scope=...)`.
+
+Example:
+>>> import numpy as np
+>>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+>>> x, y = np.eye(4, dtype="float32"), np.array([0, 1, 2, 0])
+>>> result = sensitivity(model, x, y, sparsities=(0.5,), verbose=0)
+>>> [(layer, s) for layer, s, _ in result.rows]
+[('d', 0.0), ('d', 0.5)]
+"""
+
+import csv
+
+import keras
+import numpy as np
+
+from tfprune import layers as layer_specs
+from tfprune import masking
+
+DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _metric(model, x, y, batch_size):
+    prediction = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    y = np.asarray(y)
+    if prediction.ndim == 2 and prediction.shape[1] > 1:
+        labels = y.argmax(axis=-1) if y.ndim == 2 and y.shape[1] == prediction.shape[1] else y
+        if np.issubdtype(np.asarray(labels).dtype, np.integer):
+            return float(np.mean(prediction.argmax(axis=-1) == labels.reshape(-1)))
+    return -float(np.mean((prediction.reshape(y.shape) - y) ** 2))
+
+
+def _pruned_values(weights, specs, holder_bias, sparsity, granularity):
+    """New values of a layer's weights with `sparsity` of them removed."""
+    values = [np.asarray(keras.ops.convert_to_numpy(w)) for w in weights]
+    out = []
+    for value, spec in zip(values, specs):
+        if granularity == "element":
+            keep = masking.keep_count(value.size, sparsity)
+            order = np.argsort(-np.abs(value).reshape(-1), kind="stable")
+            mask = np.zeros(value.size, bool)
+            mask[order[:keep]] = True
+            out.append(value * mask.reshape(value.shape))
+            continue
+        axis = spec.out_axis % value.ndim
+        other = tuple(a for a in range(value.ndim) if a != axis)
+        norms = np.abs(value).mean(axis=other)
+        keep = masking.keep_count(len(norms), sparsity)
+        kept = np.zeros(len(norms), bool)
+        kept[np.argsort(-norms, kind="stable")[:keep]] = True
+        view = [1] * value.ndim
+        view[axis] = len(norms)
+        out.append(value * kept.reshape(view))
+        if holder_bias is not None and holder_bias[1] is not None:
+            holder_bias[1] = holder_bias[1] * kept
+    return out
+
+
+class Sensitivity:
+    """Measured sensitivities: `rows` of `(layer, sparsity, metric)`."""
+
+    def __init__(self, rows, parameters, granularity):
+        self.rows = rows
+        self.parameters = parameters  # prunable weights per layer
+        self.granularity = granularity
+
+    @property
+    def layers(self):
+        return list(dict.fromkeys(layer for layer, _, _ in self.rows))
+
+    def curve(self, layer):
+        return [(s, m) for name, s, m in self.rows if name == layer]
+
+    def to_csv(self, path):
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["layer", "sparsity", "metric"])
+            writer.writerows(self.rows)
+
+    def table(self):
+        sparsities = sorted({s for _, s, _ in self.rows})
+        head = f"{'layer':<28}" + "".join(f"{s:>8.0%}" for s in sparsities)
+        lines = [head, "-" * len(head)]
+        for layer in self.layers:
+            values = dict(self.curve(layer))
+            lines.append(
+                f"{layer[:27]:<28}" + "".join(f"{values.get(s, float('nan')):>8.4f}" for s in sparsities)
+            )
+        return "\n".join(lines)
+
+    def plot(self, path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for layer in self.layers:
+            ax.plot(*zip(*self.curve(layer)), marker="o", markersize=3, label=layer)
+        ax.set_xlabel(f"sparsity of the layer alone ({self.granularity})")
+        ax.set_ylabel("metric")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    def allocate(self, target):
+        """`{layer: sparsity}` reaching `target` overall weight sparsity."""
+        if not isinstance(target, (int, float)) or not 0.0 <= target < 1.0:
+            raise ValueError(f"Argument `target` must be in [0, 1). Received: target={target!r}")
+        dense = {layer: dict(self.curve(layer)).get(0.0) for layer in self.layers}
+        total = sum(self.parameters.values())
+        drops = sorted({max(dense[layer] - m, 0.0) for layer, _, m in self.rows})
+
+        def choice(tolerance):
+            return {
+                layer: max(s for s, m in self.curve(layer) if dense[layer] - m <= tolerance)
+                for layer in self.layers
+            }
+
+        for tolerance in drops:
+            chosen = choice(tolerance)
+            reached = sum(chosen[name] * self.parameters[name] for name in chosen) / total
+            if reached >= target - 1e-9:
+                return chosen
+        raise ValueError(
+            f"Argument `target` ({target}) is more than the measured sparsities reach "
+            f"({max(s for _, s, _ in self.rows)} for every layer)."
+        )
+
+
+def sensitivity(
+    model, x, y, *, sparsities=DEFAULT_SPARSITIES, granularity="element", layers=None,
+    batch_size=256, verbose=1,
+):  # fmt: skip
+    """Prunes each layer alone over `sparsities` and measures the model.
+
+    Args:
+        model: a built Keras model (left as it was).
+        x, y: evaluation data.
+        sparsities: fractions to try (0.0 is always measured too).
+        granularity: `"element"` or `"filter"`.
+        layers: layer names (default: every layer with prunable weights).
+        verbose: 1 shows a `keras.utils.Progbar`.
+    """
+    if granularity not in ("element", "filter"):
+        raise ValueError(
+            f"Argument `granularity` must be 'element' or 'filter'. Received: granularity={granularity!r}"
+        )
+    sparsities = sorted({0.0, *(float(s) for s in sparsities)})
+    if any(not 0.0 <= s < 1.0 for s in sparsities):
+        raise ValueError(f"Argument `sparsities` must be in [0, 1). Received: sparsities={sparsities!r}")
+    candidates = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if layer.built and layer_specs.prunable_weights(layer)
+    ]
+    if layers is not None:
+        names = {layer.name for layer in candidates}
+        missing = sorted(set(layers) - names)
+        if missing:
+            raise ValueError(
+                f"Argument `layers` names layers without prunable weights or not in the "
+                f"model: {missing}. Received: layers={list(layers)!r}"
+            )
+        candidates = [layer for layer in candidates if layer.name in set(layers)]
+    jobs = []
+    for layer in candidates:
+        found = layer_specs.prunable_weights_with_owners(layer)
+        if granularity == "filter":
+            found = [(w, s, o) for w, s, o in found if s.out_axis is not None]
+        if found:
+            jobs.append((layer, found))
+    rows, parameters = [], {}
+    bar = keras.utils.Progbar(len(jobs) * len(sparsities), verbose=verbose)
+    baseline = _metric(model, x, y, batch_size)
+    for layer, found in jobs:
+        weights = [w for w, _, _ in found]
+        specs = [s for _, s, _ in found]
+        parameters[layer.name] = sum(int(np.prod(w.shape)) for w in weights)
+        bias = getattr(layer, "bias", None) if granularity == "filter" else None
+        saved = [np.asarray(keras.ops.convert_to_numpy(w)) for w in weights]
+        saved_bias = None if bias is None else np.asarray(keras.ops.convert_to_numpy(bias))
+        try:
+            for s in sparsities:
+                if s == 0.0:
+                    rows.append((layer.name, 0.0, baseline))
+                else:
+                    holder = None if bias is None else [bias, saved_bias.copy()]
+                    for w, value in zip(weights, _pruned_values(weights, specs, holder, s, granularity)):
+                        w.assign(value)
+                    if holder is not None and len(weights) == 1:
+                        bias.assign(holder[1])
+                    rows.append((layer.name, s, _metric(model, x, y, batch_size)))
+                    for w, value in zip(weights, saved):
+                        w.assign(value)
+                    if bias is not None:
+                        bias.assign(saved_bias)
+                bar.add(1)
+        finally:
+            for w, value in zip(weights, saved):
+                w.assign(value)
+            if bias is not None:
+                bias.assign(saved_bias)
+    return Sensitivity(rows, parameters, granularity)
