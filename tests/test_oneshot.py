@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import SAME_PATH_ON_JAX, to_numpy
 
 import tfprune
 from tfprune.oneshot import calibration, features
@@ -280,6 +280,7 @@ def test_digits_model_held_out_loss_orders_the_methods():
     assert losses["sparsegpt"] < 0.6 * min(losses["wanda"], losses["magnitude"]), losses
 
 
+@SAME_PATH_ON_JAX
 def test_tiny_keras_hub_decoder_is_pruned_in_every_transformer_layer():
     keras_hub = pytest.importorskip("keras_hub")
     backbone = keras_hub.models.GPT2Backbone(
