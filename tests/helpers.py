@@ -97,3 +97,16 @@ def assert_same_predictions(actual, expected):
         np.testing.assert_allclose(actual, expected, rtol=5e-3, atol=5e-3)
     else:
         np.testing.assert_array_equal(actual, expected)
+
+
+def tflite_predict(x, model_path=None, model_content=None):
+    """The TFLite interpreter's output for a batch `x` (TensorFlow needed)."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=model_path, model_content=model_content)
+    source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(source["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(result["index"])

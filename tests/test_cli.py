@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, only_backends
+from helpers import tflite_predict
 
 import tfprune
 from tfprune import __main__ as cli
@@ -155,21 +156,13 @@ def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys)
     kinds = (tfprune.PruneLowMagnitude, l0.L0Gate)
     assert not any(isinstance(layer, kinds) for layer in plain.layers)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), expected, atol=1e-5)
-    import tensorflow as tf
-
     for sparse in (False, True):
         target = tmp_path / f"m{int(sparse)}.tflite"
         args = ["export", str(path), "--format", "tflite", "--out", str(target)]
         assert cli.main(args + (["--sparse"] if sparse else [])) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]
         raw, zipped = map(int, re.search(r"(\d+) bytes, gzip (\d+) bytes", last).groups())
-        interpreter = tf.lite.Interpreter(model_path=str(target))
-        source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        interpreter.resize_tensor_input(source["index"], x.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        np.testing.assert_allclose(interpreter.get_tensor(result["index"]), expected, atol=1e-4)
+        np.testing.assert_allclose(tflite_predict(x, model_path=str(target)), expected, atol=1e-4)
         assert raw == target.stat().st_size and zipped < raw
     saved_model = tmp_path / "saved"
     assert cli.main(["export", str(path), "--format", "savedmodel", "--out", str(saved_model)]) == 0

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, only_backends, to_numpy
+from helpers import tflite_predict
 
 import tfprune
 from tfprune import graph
@@ -357,15 +358,8 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
         np.save(path + ".y.npy", to_numpy(small(x)))
         saved.append(path)
         if name == "EfficientNetB0":  # (MobileNetV2 and ResNet50: bench/thinning.py)
-            interpreter = tf.lite.Interpreter(
-                model_content=tf.lite.TFLiteConverter.from_keras_model(small).convert()
-            )
-            source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-            interpreter.resize_tensor_input(source["index"], x.shape)
-            interpreter.allocate_tensors()
-            interpreter.set_tensor(source["index"], x)
-            interpreter.invoke()
-            np.testing.assert_allclose(interpreter.get_tensor(target["index"]), y, atol=1e-4)
+            content = tf.lite.TFLiteConverter.from_keras_model(small).convert()
+            np.testing.assert_allclose(tflite_predict(x, model_content=content), y, atol=1e-4)
         if name == "MobileNetV2":
             flops = tfprune.prune(model, None, granularity="filter", budget="flops")
             tfprune.update_masks(flops, 0.5)

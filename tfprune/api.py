@@ -15,7 +15,7 @@ Example:
 
 import keras
 
-from tfprune import cloning, graph, masking, scoring, structured
+from tfprune import backend, cloning, graph, masking, scoring, structured
 from tfprune import granularity as granularity_lib
 from tfprune import layers as layer_specs
 from tfprune import pruner as pruner_lib
@@ -173,7 +173,12 @@ def prune(
     )
     structure = None
     if coupled:
-        _check_coupled_args(budget, round_to, scope)
+        chosen = structured.Coupled(granularity, reduction, budget, round_to)  # validates
+        if budget != "channels" and scope not in ("layer", "global"):
+            raise ValueError(
+                "A FLOPs or parameter budget ranks channels globally. "
+                f"Received: budget={budget!r}, scope={scope!r}"
+            )
         # Checked before anything is touched: unknown layers on coupled paths.
         everything = graph.build(to_prune, strict=False)
         excluded = [
@@ -181,7 +186,7 @@ def prune(
             if not selected(everything.layers[name])
         ]
         structure = graph.build(to_prune, lambda layer: layer.name not in excluded)
-        chosen = structured.Coupled(granularity, reduction, budget, round_to, excluded)
+        chosen = structured.Coupled(**{**chosen.get_config(), "excluded": excluded})
         if scope == "layer" and budget != "channels":
             scope = "global"  # a FLOPs or parameter budget is shared by all groups
     else:
@@ -240,24 +245,6 @@ def prune(
     if coupled:
         structured.bind(pruner, result)
     return result
-
-
-def _check_coupled_args(budget, round_to, scope):
-    if budget not in structured.BUDGETS:
-        raise ValueError(
-            f"Argument `budget` must be one of {structured.BUDGETS}. Received: budget={budget!r}"
-        )
-    if round_to is not None and (
-        isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
-    ):
-        raise ValueError(
-            f"Argument `round_to` must be a positive int or None. Received: round_to={round_to!r}"
-        )
-    if budget != "channels" and scope not in ("layer", "global"):
-        raise ValueError(
-            "A FLOPs or parameter budget ranks channels globally. "
-            f"Received: budget={budget!r}, scope={scope!r}"
-        )
 
 
 def _criterion(criterion, seed):
@@ -515,7 +502,7 @@ def _strip_in_place(model):
     for owner in owners:
         if isinstance(owner, PruneLowMagnitude):
             continue
-        for name, value in _attributes(owner):
+        for name, value in backend.attributes(owner):
             if isinstance(value, PruneLowMagnitude):
                 value.apply_mask()
                 _set_attribute(owner, name, value.layer)
@@ -530,14 +517,6 @@ def _strip_in_place(model):
                 if isinstance(item, PruneLowMagnitude):
                     layers_list[i] = item.layer
     return model
-
-
-def _attributes(owner):
-    items = list(vars(owner).items())
-    modules = vars(owner).get("_modules")  # PyTorch backend keeps sublayers here
-    if isinstance(modules, dict):
-        items += list(modules.items())
-    return items
 
 
 def _set_attribute(owner, name, value):

@@ -136,6 +136,16 @@ def step_dtype():
     return "int64"
 
 
+def attributes(owner):
+    """`(name, value)` of an object's attributes; on PyTorch a layer keeps
+    its sublayers in `_modules`, not in its `__dict__`."""
+    items = list(vars(owner).items())
+    modules = vars(owner).get("_modules")
+    if isinstance(modules, dict):
+        items += list(modules.items())
+    return items
+
+
 def compiled_updates(compute, reads, targets):
     """`[(variable, new value)]` of `compute()`, compiled as one function on JAX.
 

@@ -300,6 +300,21 @@ def layer_normalization(b, layer, node, inputs):
     return fixed_channels(b, layer, node, inputs)
 
 
+def _outputs(b, layer, out, size_key, *kernel_params):
+    """The output channels of a weighted producer: the config entry sizing
+    them, the bias, a softmax that fixes them, and the parameter terms
+    (`(coefficient, *spaces)` of the kernels, then the bias)."""
+    b.resize(layer, size_key, out)
+    if layer.use_bias:
+        b.member(layer, "bias", 0, out, "write")
+    _output_activation(b, layer, out)
+    if b.params_once(layer):
+        for coefficient, *spaces in kernel_params:
+            b.cost(layer, "params", coefficient, *spaces)
+        if layer.use_bias:
+            b.cost(layer, "params", 1, out)
+
+
 def conv(b, layer, node, inputs):
     if not _channels_last(layer):
         return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
@@ -314,15 +329,8 @@ def conv(b, layer, node, inputs):
         b.tie(out[j::per_group_out])
     b.member(layer, "kernel", -2, s[:per_group_in], "read")
     b.member(layer, "kernel", -1, out, "write")
-    b.resize(layer, "filters", out)
-    if layer.use_bias:
-        b.member(layer, "bias", 0, out, "write")
-    _output_activation(b, layer, out)
     window = int(np.prod(layer.kernel_size))
-    if b.params_once(layer):
-        b.cost(layer, "params", window / groups, s, out)
-        if layer.use_bias:
-            b.cost(layer, "params", 1, out)
+    _outputs(b, layer, out, "filters", (window / groups, s, out))
     b.cost(layer, "flops", 2 * window * _spatial(node.outputs[0].shape) / groups, s, out)
     return [out]
 
@@ -334,15 +342,8 @@ def conv_transpose(b, layer, node, inputs):
     out = b.fresh(layer, layer.filters)
     b.member(layer, "kernel", -1, s, "read")
     b.member(layer, "kernel", -2, out, "write")
-    b.resize(layer, "filters", out)
-    if layer.use_bias:
-        b.member(layer, "bias", 0, out, "write")
-    _output_activation(b, layer, out)
     window = int(np.prod(layer.kernel_size))
-    if b.params_once(layer):
-        b.cost(layer, "params", window, s, out)
-        if layer.use_bias:
-            b.cost(layer, "params", 1, out)
+    _outputs(b, layer, out, "filters", (window, s, out))
     b.cost(layer, "flops", 2 * window * _spatial(node.input_tensors[0].shape), s, out)
     return [out]
 
@@ -373,16 +374,8 @@ def separable_conv(b, layer, node, inputs):
     b.member(layer, "depthwise_kernel", -2, s, "write")
     b.member(layer, "pointwise_kernel", -2, mid, "read")
     b.member(layer, "pointwise_kernel", -1, out, "write")
-    b.resize(layer, "filters", out)
-    if layer.use_bias:
-        b.member(layer, "bias", 0, out, "write")
-    _output_activation(b, layer, out)
     window = int(np.prod(layer.kernel_size))
-    if b.params_once(layer):
-        b.cost(layer, "params", window, mid)
-        b.cost(layer, "params", 1, mid, out)
-        if layer.use_bias:
-            b.cost(layer, "params", 1, out)
+    _outputs(b, layer, out, "filters", (window, mid), (1, mid, out))
     spatial = _spatial(node.outputs[0].shape)
     b.cost(layer, "flops", 2 * window * spatial, mid)
     b.cost(layer, "flops", 2 * spatial, mid, out)
@@ -394,14 +387,7 @@ def dense(b, layer, node, inputs):
     out = b.fresh(layer, layer.units)
     b.member(layer, "kernel", 0, s, "read")
     b.member(layer, "kernel", 1, out, "write")
-    b.resize(layer, "units", out)
-    if layer.use_bias:
-        b.member(layer, "bias", 0, out, "write")
-    _output_activation(b, layer, out)
-    if b.params_once(layer):
-        b.cost(layer, "params", 1, s, out)
-        if layer.use_bias:
-            b.cost(layer, "params", 1, out)
+    _outputs(b, layer, out, "units", (1, s, out))
     b.cost(layer, "flops", 2 * _spatial(node.input_tensors[0].shape), s, out)
     return [out]
 
@@ -829,13 +815,6 @@ class Structure:
             self.groups.append(group)
 
     # ------------------------------------------------------------ queries
-    def group_of(self, layer_name):
-        """The group holding a producer layer's output channels."""
-        for group in self.groups:
-            if layer_name in group.producers:
-                return group
-        raise KeyError(layer_name)
-
     def count(self, kind, keep=None):
         """Total parameters or FLOPs (`kind`) with the units `keep` kept."""
         keep = np.ones(self.size, bool) if keep is None else np.asarray(keep, bool)
@@ -848,13 +827,6 @@ class Structure:
             value = term.coefficient * math.prod(int(keep[s].sum()) for s in term.spaces)
             totals[term.layer] = totals.get(term.layer, 0.0) + value
         return totals
-
-    def weight_units(self, layer_name):
-        """`{path: [(axis, units, role)]}` of one layer."""
-        found = {}
-        for m in self.members.get(layer_name, []):
-            found.setdefault(m.path, []).append((m.axis, m.units, m.role))
-        return found
 
 
 def _blocked_message(structure, layer_name, producers):

@@ -291,7 +291,6 @@ def _readers(model):
     from tfprune import graph as graph_lib
 
     found = {}
-    graph = graph_lib._graph(model)
     producer = {}
     for node in graph_lib._nodes(model):
         op = node.operation
@@ -302,7 +301,6 @@ def _readers(model):
             producer[id(t)] = op.name
         if cloning.is_graph_model(op):
             found.update(_readers(op))
-    del graph
     return found
 
 

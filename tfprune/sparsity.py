@@ -21,7 +21,7 @@ import json
 import keras
 import numpy as np
 
-from tfprune import thinning
+from tfprune import thinning, zeros
 
 COLUMNS = (
     "weight", "shape", "parameters", "nonzeros", "sparsity",
@@ -30,9 +30,7 @@ COLUMNS = (
 
 
 def _zero_slices(value, axis):
-    axis = axis % value.ndim
-    other = tuple(a for a in range(value.ndim) if a != axis)
-    return int(np.sum(~np.any(value != 0, axis=other)))
+    return int(np.sum(zeros.zero_slices(value, axis)))
 
 
 def sparsity_table(model, sizes=False):

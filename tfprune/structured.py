@@ -40,9 +40,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune import backend, masking
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
-from tfprune import masking
 from tfprune.granularity import Granularity, _check_reduction
 
 BUDGETS = ("channels", "flops", "params")
@@ -135,24 +135,15 @@ def _weight_paths(layer):
     """`{id(variable): attribute path}` for the weights of `layer` (one level
     of sublayers: `_query_dense.kernel`, `cell.kernel`)."""
     paths = {}
-    for name, value in _attributes(layer):
+    for name, value in backend.attributes(layer):
         if isinstance(value, keras.Variable):
             paths.setdefault(id(value), name)
-    for name, sub in _attributes(layer):
+    for name, sub in backend.attributes(layer):
         if isinstance(sub, keras.layers.Layer):
-            for attr, value in _attributes(sub):
+            for attr, value in backend.attributes(sub):
                 if isinstance(value, keras.Variable):
                     paths.setdefault(id(value), f"{name}.{attr}")
     return paths
-
-
-def _attributes(owner):
-    """`(name, value)` of an object's attributes (PyTorch keeps sublayers in `_modules`)."""
-    items = list(vars(owner).items())
-    modules = vars(owner).get("_modules")
-    if isinstance(modules, dict):
-        items += list(modules.items())
-    return items
 
 
 # ------------------------------------------------------------------ binding

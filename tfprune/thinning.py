@@ -109,12 +109,6 @@ def _values(layer, path):
     return keras.ops.convert_to_numpy(layer_specs.resolve(layer, path))
 
 
-def _axis_nonzero(value, axis):
-    axis = axis % value.ndim
-    other = tuple(a for a in range(value.ndim) if a != axis)
-    return np.any(value != 0, axis=other) if other else value != 0
-
-
 def removable_units(structure, dead=None):
     """`(remove, kept notes)`: units nothing reads: every weight reading them
     is exactly zero or reads an exactly-zero value (`dead`, see
@@ -131,7 +125,7 @@ def removable_units(structure, dead=None):
         for m in members:
             if m.role == "carry":
                 continue
-            nonzero = _axis_nonzero(_values(layer, m.path), m.axis)
+            nonzero = ~zeros.zero_slices(_values(layer, m.path), m.axis)
             zero_input = dead.get((name, m.path, m.axis))
             if m.role == "read" and zero_input is not None and len(zero_input) == len(nonzero):
                 nonzero = nonzero & ~zero_input
@@ -382,8 +376,9 @@ class Report:
 
     def __init__(self, before, after, sizes=True):
         self.rows = []
-        b = graph_lib.build(_strip(before), strict=False)
-        a = graph_lib.build(_strip(after), strict=False)
+        before, after = _strip(before), _strip(after)  # once each: stripping copies
+        b = graph_lib.build(before, strict=False)
+        a = graph_lib.build(after, strict=False)
         counts = {k: (b.layer_counts(k), a.layer_counts(k)) for k in ("params", "flops")}
         for name in b.layers:
             if isinstance(b.layers[name], keras.layers.InputLayer):
@@ -400,12 +395,10 @@ class Report:
             for when, c in (("before", cb), ("after", ca))
         }
         if sizes:
-            (self.totals["keras_bytes_before"], self.totals["keras_gzip_before"]) = keras_size(
-                _strip(before)
-            )
-            (self.totals["keras_bytes_after"], self.totals["keras_gzip_after"]) = keras_size(
-                _strip(after)
-            )
+            for when, model in (("before", before), ("after", after)):
+                raw, zipped = keras_size(model)
+                self.totals[f"keras_bytes_{when}"] = raw
+                self.totals[f"keras_gzip_{when}"] = zipped
 
     def ratio(self, kind):
         return self.totals[f"{kind}_after"] / max(self.totals[f"{kind}_before"], 1)

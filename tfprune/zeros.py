@@ -66,14 +66,15 @@ def keeps_zero(function):
         return False
 
 
-def _zero_slices(weight, axis):
+def zero_slices(weight, axis):
+    """Per index of `axis`: whether the weight's slice there is all zero."""
     axis = axis % weight.ndim
     other = tuple(a for a in range(weight.ndim) if a != axis)
     return ~np.any(weight != 0, axis=other) if other else weight == 0
 
 
 def _producer(layer, kernel_axis):
-    zero = _zero_slices(_value(layer.kernel if not hasattr(layer, "pointwise_kernel")
+    zero = zero_slices(_value(layer.kernel if not hasattr(layer, "pointwise_kernel")
                                else layer.pointwise_kernel), kernel_axis)  # fmt: skip
     if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
         zero &= _value(layer.bias) == 0
@@ -87,7 +88,7 @@ def _rule(op, node, zeros):
     if isinstance(op, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
         return [_producer(op, -2)]
     if isinstance(op, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        kernel = _zero_slices(_value(op.kernel), -2)  # per input channel
+        kernel = zero_slices(_value(op.kernel), -2)  # per input channel
         zero = np.repeat(first | kernel, op.depth_multiplier)
         if op.use_bias:
             zero &= _value(op.bias) == 0
@@ -97,7 +98,7 @@ def _rule(op, node, zeros):
     if isinstance(op, L.Dense):
         return [_producer(op, 1)]
     if isinstance(op, L.Embedding):
-        return [_zero_slices(_value(op.embeddings), 1)]
+        return [zero_slices(_value(op.embeddings), 1)]
     if isinstance(op, L.BatchNormalization):
         zero = np.ones(width[0], bool)
         zero &= _value(op.gamma) == 0 if op.scale else False
