@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tfprune", "tfprune.*"]),
     python_requires=">=3.10",
-    install_requires=["keras>=3.0", "numpy", "absl-py"],
+    install_requires=["keras>=3.0", "numpy", "absl-py", "pyyaml"],
     extras_require={
         # Pick one of the two TensorFlow builds; never install both.
         "tensorflow": ["tensorflow>=2.16", TENSORBOARD],

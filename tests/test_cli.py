@@ -14,7 +14,7 @@ from helpers import tflite_predict
 
 import tfprune
 from tfprune import __main__ as cli
-from tfprune import l0, sparsity
+from tfprune import l0, recipes, sparsity
 
 pytestmark = only_backends(
     "tensorflow", reason="backend-independent (subprocesses); run in the TensorFlow pass only"
@@ -133,7 +133,8 @@ def test_schedule_from_a_config_file(tmp_path, capsys):
         (["schedule", "polynomial", "--initial-sparsity", "0.5", "--final-sparsity", "1.5",
           "--begin-step", "0", "--end-step", "10"], "final_sparsity"),
         (["schedule", "constant", "--target-sparsity", "0.5", "--begin-step", "0", "--rate", "0.1"],
-         "schedule 'constant' takes target_sparsity, begin_step, end_step, frequency; not rate"),
+         "schedule: unknown key 'rate' (allowed: type, target_sparsity, begin_step, end_step, "
+         "frequency, begin_epoch, end_epoch, frequency_epochs)"),
         (["schedule", "--config", "missing.json"], "no such config file: missing.json"),
         (["schedule"], "give a schedule name"),
     ],
@@ -225,7 +226,7 @@ def test_sensitivity_command_writes_table_csv_plot_and_scope(rng, tmp_path):
     out = run("sensitivity", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"),
               "--sparsities", "0.5,0.9", "--csv", str(tmp_path / "s.csv"), "--plot",
               str(tmp_path / "s.png"), "--budget", "0.5", "--scope-out", str(tmp_path / "s.json"),
-              "--quiet")  # fmt: skip
+              "--recipe-out", str(tmp_path / "r.yaml"), "--quiet")  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0] == "layer,sparsity,metric" and len(lines) == 7
@@ -234,6 +235,9 @@ def test_sensitivity_command_writes_table_csv_plot_and_scope(rng, tmp_path):
     sizes = {"h": 6 * 16, "out": 16 * 4}
     assert sum(scope[k] * sizes[k] for k in scope) / sum(sizes.values()) >= 0.5
     assert "50%" in out.stdout and "90%" in out.stdout
+    recipe = recipes.load(str(tmp_path / "r.yaml")).get_config()["pruners"]["sensitivity"]
+    assert recipe["scope"] == {k: v for k, v in scope.items() if v > 0}
+    assert recipe["schedule"]["final_sparsity"] == 0.5
 
 
 def test_sensitivity_command_refuses_bad_data(tmp_path, capsys):
@@ -244,3 +248,70 @@ def test_sensitivity_command_refuses_bad_data(tmp_path, capsys):
     )
     assert cli.main(["sensitivity", "m.keras", "--data", str(tmp_path / "none.npz")]) == 2
     assert "no such data file" in capsys.readouterr().err
+
+
+def test_schedule_types_match_the_recipes():
+    assert cli.SCHEDULE_TYPES == tuple(sorted(recipes.SCHEDULES))
+
+
+# ------------------------------------------------------------------- prune
+RECIPE = """\
+pruners:
+  filters:
+    granularity: filter
+    schedule: {type: constant, target_sparsity: 0.5, begin_step: 0, frequency: 1}
+training: {epochs: 1, batch_size: 8, learning_rate: 1.0e-3}
+thin: true
+"""
+
+
+def test_prune_command_prunes_by_a_recipe_and_thins(rng, tmp_path):
+    x_in = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x_in)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(x_in, keras.layers.Dense(3, name="out")(h))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "m.keras")
+    x = rng.normal(size=(32, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_val=x[:8], y_val=y[:8])
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    out = run("prune", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"), "--recipe",
+              str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o.keras"), "--quiet")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    thinned = keras.models.load_model(tmp_path / "o.keras")
+    assert thinned.get_layer("conv").filters == 4 and not l0.gates_of(thinned)
+    before = 3 * 3 * 2 * 8 + 8 + 8 * 3 + 3
+    after = 3 * 3 * 2 * 4 + 4 + 4 * 3 + 3
+    assert f"parameters: {before} before, {after} after" in out.stdout
+    assert re.search(r"accuracy on the validation data: \d\.\d{4} before, \d\.\d{4} after", out.stdout)
+    # a recipe error: exit code 2 and one line naming where
+    (tmp_path / "bad.yaml").write_text(RECIPE.replace("granularity", "granularty"))
+    bad = run("prune", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"), "--recipe",
+              str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o2.keras"))  # fmt: skip
+    assert bad.returncode == 2 and not (tmp_path / "o2.keras").exists()
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "tfprune: error: recipe: pruners.filters: unknown key 'granularty' (allowed: layers, "
+    )
+
+
+def test_prune_command_refuses_bad_input(rng, tmp_path, capsys):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 4), "float32"), y=np.zeros(4, "int32"))
+    np.savez(tmp_path / "half.npz", x=np.zeros((4, 4)), y=np.zeros(4), x_val=np.zeros((2, 4)))
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("granularity: filter", "layers: [conv]"))
+    common = ["--out", str(tmp_path / "o.keras")]
+    cases = [
+        (["--data", str(tmp_path / "d.npz"), "--recipe", str(tmp_path / "none.yaml")],
+         f"tfprune: error: recipe: no such file: {tmp_path / 'none.yaml'}"),
+        (["--data", str(tmp_path / "half.npz"), "--recipe", str(tmp_path / "r.yaml")],
+         f"tfprune: error: {tmp_path / 'half.npz'} has one of 'x_val' and 'y_val' without the other"),
+        (["--data", str(tmp_path / "d.npz"), "--recipe", str(tmp_path / "r.yaml")],
+         "tfprune: error: recipe: pruners.filters.layers: 'conv' matches no layer with prunable "
+         "weights (they are: d)"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert cli.main(["prune", str(tmp_path / "m.keras"), *args, *common]) == 2
+        assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "o.keras").exists()

@@ -5,12 +5,17 @@
     tfprune schedule polynomial ...    a schedule's sparsity at its pruning steps (and a plot)
     tfprune strip MODEL.keras --out OUT.keras          a plain model: wrappers and gates removed
     tfprune export MODEL.keras --format tflite --out OUT.tflite [--sparse]
-    tfprune sensitivity MODEL.keras --data DATA.npz [--budget 0.7 --scope-out S.json]
+    tfprune sensitivity MODEL.keras --data DATA.npz [--budget 0.7 --recipe-out R.yaml]
+    tfprune prune MODEL.keras --data DATA.npz --recipe R.yaml --out OUT.keras
 """
 
 import argparse
 import os
 import sys
+
+# The schedule types of `tfprune.recipes.SCHEDULES` (named here so that
+# `--help` does not import Keras).
+SCHEDULE_TYPES = ("agp", "constant", "exponential", "polynomial")
 
 
 def _quiet():
@@ -46,46 +51,16 @@ def inspect(args):
     return 0
 
 
-SCHEDULES = {
-    "constant": ("ConstantSparsity", ("target_sparsity", "begin_step", "end_step", "frequency")),
-    "polynomial": (
-        "PolynomialDecay",
-        ("initial_sparsity", "final_sparsity", "begin_step", "end_step", "power", "frequency"),
-    ),
-    "exponential": (
-        "ExponentialDecay",
-        ("final_sparsity", "rate", "begin_step", "end_step", "frequency", "initial_sparsity"),
-    ),
-    "agp": ("AGP", ("final_sparsity", "begin_step", "end_step", "frequency", "initial_sparsity")),
-}
-_FLOATS = {"target_sparsity", "initial_sparsity", "final_sparsity", "power", "rate"}
-
-
 def _schedule_from(args):
     """The schedule the flags or the config file describe."""
-    import json
-
-    from tfprune import schedules
+    from tfprune import recipes
 
     if args.config:
-        if not os.path.isfile(args.config):
-            raise ValueError(f"no such config file: {args.config}")
-        with open(args.config) as f:
-            text = f.read()
-        if args.config.endswith((".yaml", ".yml")):
-            try:
-                import yaml
-            except ImportError:
-                raise ValueError("YAML configs need PyYAML (`pip install pyyaml`)") from None
-            config = yaml.safe_load(text)
-        else:
-            config = json.loads(text)
-        if not isinstance(config, dict):
-            raise ValueError(f"{args.config} does not hold a mapping")
-        if "class_name" in config:  # a Keras-serialized schedule
-            return schedules.get(config)
-        config = dict(config)
-        name = config.pop("schedule", None)
+        config = _read_config(args.config)
+        if "class_name" not in config:  # `schedule: NAME` names the type here
+            config = dict(config)
+            config["type"] = config.pop("schedule", None)
+        where = args.config
     else:
         config = {
             key: getattr(args, key)
@@ -93,15 +68,34 @@ def _schedule_from(args):
                         "power", "begin_step", "end_step", "frequency")  # fmt: skip
             if getattr(args, key) is not None
         }
-        name = args.name
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; one of {', '.join(SCHEDULES)}")
-    class_name, allowed = SCHEDULES[name]
-    unknown = sorted(set(config) - set(allowed))
-    if unknown:
-        raise ValueError(f"schedule {name!r} takes {', '.join(allowed)}; not {', '.join(unknown)}")
-    values = {k: (float(v) if k in _FLOATS else int(v)) for k, v in config.items()}
-    return getattr(schedules, class_name)(**values)
+        config["type"] = args.name
+        where = "schedule"
+    try:
+        return recipes.schedule_from_config(config, where=where)
+    except recipes.RecipeError as error:
+        raise ValueError(str(error).removeprefix("recipe: ")) from None
+
+
+def _read_config(path):
+    """The mapping in a JSON or YAML file."""
+    import json
+
+    if not os.path.isfile(path):
+        raise ValueError(f"no such config file: {path}")
+    with open(path) as f:
+        text = f.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            config = yaml.safe_load(text)
+        else:
+            config = json.loads(text)
+    except Exception as error:
+        raise ValueError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a mapping")
+    return config
 
 
 def _horizon(schedule, steps):
@@ -196,7 +190,7 @@ def _sizes(path):
 def _plain(model):
     from tfprune import thinning
 
-    return thinning._strip(model)  # wrappers stripped (masks applied), gates folded
+    return thinning.plain(model)  # wrappers stripped (masks applied), gates folded
 
 
 def strip_command(args):
@@ -238,7 +232,7 @@ def export_command(args):
 
 
 def _load_data(path):
-    """`(x, y)` for evaluation from a `.npz` (`x_val`/`y_val` when present)."""
+    """The arrays of a `.npz` data file: `x`, `y` and, when present, `x_val`, `y_val`."""
     import numpy as np
 
     if not os.path.isfile(path):
@@ -251,7 +245,14 @@ def _load_data(path):
     missing = [k for k in ("x", "y") if k not in keys]
     if missing:
         raise ValueError(f"{path} lacks {' and '.join(repr(k) for k in missing)} (has {sorted(keys)})")
-    if "x_val" in keys and "y_val" in keys:
+    if ("x_val" in keys) != ("y_val" in keys):
+        raise ValueError(f"{path} has one of 'x_val' and 'y_val' without the other")
+    return {key: data[key] for key in ("x", "y", "x_val", "y_val") if key in keys}
+
+
+def _evaluation(data):
+    """`(x, y)` to measure on: the validation arrays when present."""
+    if "x_val" in data:
         return data["x_val"], data["y_val"]
     return data["x"], data["y"]
 
@@ -260,7 +261,7 @@ def sensitivity_command(args):
     import json
 
     try:
-        x, y = _load_data(args.data)
+        x, y = _evaluation(_load_data(args.data))
         sparsities = [float(s) for s in args.sparsities.split(",")]
     except ValueError as error:
         return _fail(str(error))
@@ -290,6 +291,45 @@ def sensitivity_command(args):
             with open(args.scope_out, "w") as f:
                 json.dump(scope, f, indent=1)
             print(f"scope: {args.scope_out}")
+        if args.recipe_out:
+            from tfprune import recipes
+
+            recipes.from_sensitivity(scope, args.budget, args.granularity).save(args.recipe_out)
+            print(f"recipe: {args.recipe_out}")
+    return 0
+
+
+def prune_command(args):
+    from tfprune import recipes, sparsity
+
+    try:
+        data = _load_data(args.data)
+        recipe = recipes.load(args.recipe)
+    except ValueError as error:
+        return _fail(str(error).splitlines()[0])
+    model, code = _load(args.model)
+    if model is None:
+        return code
+    from tfprune.sensitivity import measure
+
+    x, y = _evaluation(data)
+    plain = _plain(model)
+    before, name = measure(plain, x, y)
+    validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
+    try:
+        result, _ = recipe.run(
+            model, data["x"], data["y"], validation_data=validation, verbose=0 if args.quiet else 2
+        )
+    except ValueError as error:
+        return _fail(str(error).splitlines()[0])
+    after, _ = measure(result, x, y)
+    print(sparsity.format_table(sparsity.sparsity_table(result), "table"))
+    on = "validation" if validation else "training"
+    print(f"{name} on the {on} data: {before:.4f} before, {after:.4f} after")
+    print(f"parameters: {plain.count_params()} before, {result.count_params()} after")
+    result.save(args.out)
+    raw, zipped = _sizes(args.out)
+    print(f"{args.out}: {raw} bytes, gzip {zipped} bytes")
     return 0
 
 
@@ -314,7 +354,7 @@ def main(argv=None):
         "(`{\"schedule\": \"polynomial\", \"final_sparsity\": 0.9, ...}` or a saved "
         "schedule's `{\"class_name\": ..., \"config\": ...}`); --plot writes the curve.",
     )
-    schedule_parser.add_argument("name", nargs="?", choices=sorted(SCHEDULES))
+    schedule_parser.add_argument("name", nargs="?", choices=SCHEDULE_TYPES)
     schedule_parser.add_argument("--config", help="a JSON or YAML file describing the schedule")
     for flag in ("target-sparsity", "initial-sparsity", "final-sparsity", "rate", "power"):
         schedule_parser.add_argument(f"--{flag}", type=float)
@@ -354,7 +394,21 @@ def main(argv=None):
     sens.add_argument("--plot", help="write metric vs sparsity per layer to this PNG file")
     sens.add_argument("--budget", type=float, help="overall sparsity to allocate")
     sens.add_argument("--scope-out", help="write the allocated {layer: sparsity} to this JSON")
+    sens.add_argument("--recipe-out", help="write a recipe pruning to the allocation (YAML/JSON)")
     sens.add_argument("--quiet", action="store_true", help="no progress bar")
+    prune_parser = sub.add_parser(
+        "prune",
+        help="prune and fine-tune a saved model by a recipe",
+        description="Applies a recipe (YAML or JSON: pruners, regularizers, training; see "
+        "examples/recipes/) to the model, trains it on x, y (validating on x_val, y_val "
+        "when present), prints the sparsity table and the metric before and after, and "
+        "saves the plain (stripped, or thinned) model.",
+    )
+    prune_parser.add_argument("model", help="a .keras file")
+    prune_parser.add_argument("--data", required=True, help=".npz with x, y (and x_val, y_val)")
+    prune_parser.add_argument("--recipe", required=True, help="a .yaml, .yml or .json recipe")
+    prune_parser.add_argument("--out", required=True, help="the .keras file to write")
+    prune_parser.add_argument("--quiet", action="store_true", help="no training log")
     args = parser.parse_args(argv)
     _quiet()
     if args.command in (None, "demo"):
@@ -366,6 +420,8 @@ def main(argv=None):
         return inspect(args)
     if args.command == "sensitivity":
         return sensitivity_command(args)
+    if args.command == "prune":
+        return prune_command(args)
     if args.command == "strip":
         return strip_command(args)
     if args.command == "export":

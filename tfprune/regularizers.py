@@ -175,8 +175,9 @@ class ReportedOnly:
         return ops.stop_gradient(self.regularizer(x))
 
 
-def regularize(model, regularizer):
-    """Attaches `regularizer` to every prunable weight of `model` (any depth).
+def regularize(model, regularizer, layers=None):
+    """Attaches `regularizer` to every prunable weight of `model` (any depth),
+    or of the layers named in `layers`.
 
     The layers' `kernel_regularizer` (or the matching attribute) is set too,
     so a saved model keeps it. Returns the model (changed in place).
@@ -196,8 +197,26 @@ def regularize(model, regularizer):
         )
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
+    if layers is not None and (
+        isinstance(layers, str) or not all(isinstance(name, str) for name in layers)
+    ):
+        raise TypeError(f"Argument `layers` must be a list of layer names. Received: layers={layers!r}")
+    everything = list(model._flatten_layers(include_self=True, recursive=True))
+    if layers is not None:
+        missing = sorted(set(layers) - {layer.name for layer in everything})
+        if missing:
+            raise ValueError(
+                f"Argument `layers` names layers that model '{model.name}' does not have: "
+                f"{missing}. Received: layers={list(layers)!r}"
+            )
+        everything = [  # the named layers and the layers inside them
+            inner
+            for layer in everything
+            if layer.name in layers
+            for inner in layer._flatten_layers(include_self=True, recursive=True)
+        ]
     found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in everything:
         if isinstance(layer, keras.Model) or not layer.built:
             continue
         own = {id(w) for w in layer._trainable_variables} if hasattr(

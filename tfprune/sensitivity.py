@@ -37,14 +37,16 @@ from tfprune import masking
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _metric(model, x, y, batch_size):
+def measure(model, x, y, batch_size=256):
+    """`(value, name)` of the model on `(x, y)`: accuracy for class labels
+    (integers or one-hot rows) and scores per class, else `-mse`."""
     prediction = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     y = np.asarray(y)
     if prediction.ndim == 2 and prediction.shape[1] > 1:
         labels = y.argmax(axis=-1) if y.ndim == 2 and y.shape[1] == prediction.shape[1] else y
         if np.issubdtype(np.asarray(labels).dtype, np.integer):
-            return float(np.mean(prediction.argmax(axis=-1) == labels.reshape(-1)))
-    return -float(np.mean((prediction.reshape(y.shape) - y) ** 2))
+            return float(np.mean(prediction.argmax(axis=-1) == labels.reshape(-1))), "accuracy"
+    return -float(np.mean((prediction.reshape(y.shape) - y) ** 2)), "-mse"
 
 
 def _pruned_values(weights, specs, holder_bias, sparsity, granularity):
@@ -191,7 +193,7 @@ def sensitivity(
             jobs.append((layer, found))
     rows, parameters = [], {}
     bar = keras.utils.Progbar(len(jobs) * len(sparsities), verbose=verbose)
-    baseline = _metric(model, x, y, batch_size)
+    baseline = measure(model, x, y, batch_size)[0]
     for layer, found in jobs:
         weights = [w for w, _, _ in found]
         specs = [s for _, s, _ in found]
@@ -209,7 +211,7 @@ def sensitivity(
                         w.assign(value)
                     if holder is not None and len(weights) == 1:
                         bias.assign(holder[1])
-                    rows.append((layer.name, s, _metric(model, x, y, batch_size)))
+                    rows.append((layer.name, s, measure(model, x, y, batch_size)[0]))
                     for w, value in zip(weights, saved):
                         w.assign(value)
                     if bias is not None:

@@ -38,7 +38,7 @@ def sparsity_table(model, sizes=False):
 
     With `sizes`, totals include the `.keras` file size, raw and gzip.
     """
-    plain = thinning._strip(model) if isinstance(model, keras.Model) else model
+    plain = thinning.plain(model) if isinstance(model, keras.Model) else model
     rows = []
     for variable in plain.weights:
         if not keras.backend.is_float_dtype(variable.dtype):

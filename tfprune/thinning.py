@@ -174,8 +174,9 @@ def _unselected_but_free(structure):
 
 
 # ---------------------------------------------------------------- rebuild
-def _strip(model):
-    """The model without pruning wrappers (masks applied) and L0 gates (folded)."""
+def plain(model):
+    """The model without pruning wrappers (masks applied) and L0 gates (folded):
+    itself when it has neither."""
     from tfprune import l0
     from tfprune.api import strip_pruning
     from tfprune.wrapper import collect_prunable_layers
@@ -300,9 +301,9 @@ def thin(model, *, return_plan=False):
         A new plain Keras model (uncompiled), or `(model, plan)`.
     """
     _check_model(model)
-    plain = _strip(model)
-    structure = graph_lib.build(plain, strict=False)
-    remove, notes = removable_units(structure, zeros.dead_reads(plain))
+    stripped = plain(model)
+    structure = graph_lib.build(stripped, strict=False)
+    remove, notes = removable_units(structure, zeros.dead_reads(stripped))
     if notes:
         warnings.warn(
             f"thin kept {len(notes)} channel(s) whose producers are zero but whose readers are "
@@ -312,7 +313,7 @@ def thin(model, *, return_plan=False):
             stacklevel=2,
         )
     keep = ~remove
-    new = apply_keep(plain, structure, keep)
+    new = apply_keep(stripped, structure, keep)
     if return_plan:
         return new, _plan(structure, keep, notes)
     return new
@@ -331,8 +332,8 @@ def apply_plan(model, plan):
     """
     _check_model(model)
     plan = Plan.load(plan)
-    plain = _strip(model)
-    structure = graph_lib.build(plain, strict=False)
+    stripped = plain(model)
+    structure = graph_lib.build(stripped, strict=False)
     keep = np.ones(structure.size, dtype=bool)
     for layer, entry in plan.removed.items():
         for key, indices in entry.items():
@@ -357,7 +358,7 @@ def apply_plan(model, plan):
             "ones (by residual merges or shared inputs) are not all listed. "
             f"Received: plan={plan!r}"
         )
-    return apply_keep(plain, structure, keep)
+    return apply_keep(stripped, structure, keep)
 
 
 # ----------------------------------------------------------------- report
@@ -376,7 +377,7 @@ class Report:
 
     def __init__(self, before, after, sizes=True):
         self.rows = []
-        before, after = _strip(before), _strip(after)  # once each: stripping copies
+        before, after = plain(before), plain(after)  # once each: stripping copies
         b = graph_lib.build(before, strict=False)
         a = graph_lib.build(after, strict=False)
         counts = {k: (b.layer_counts(k), a.layer_counts(k)) for k in ("params", "flops")}
@@ -441,10 +442,10 @@ def report(before, after, *, sizes=True):
 
 def count_params(model):
     """Parameters of a graph model, as the dependency graph counts them."""
-    return int(round(graph_lib.build(_strip(model), strict=False).count("params")))
+    return int(round(graph_lib.build(plain(model), strict=False).count("params")))
 
 
 def count_flops(model):
     """FLOPs of one forward pass of one example (2 per multiply-accumulate of
     convolutions, dense layers and attention; element-wise work not counted)."""
-    return int(round(graph_lib.build(_strip(model), strict=False).count("flops")))
+    return int(round(graph_lib.build(plain(model), strict=False).count("flops")))

@@ -1,0 +1,448 @@
+"""Recipes: a whole pruning job in one YAML or JSON file.
+
+In the spirit of Distiller's compression schedules: named pruners and
+regularizers, each with the layers it acts on, and policies by step or by
+epoch. A recipe maps onto tfprune objects (`tfprune.prune`, the schedules,
+`tfprune.regularize`, `tfprune.add_l0_gates`) and callbacks
+(`UpdatePruningStep`, `SoftThreshold`), and is checked before anything is
+touched: an unknown key, a bad value or a layer pattern matching nothing
+raises `RecipeError` (a `ValueError`) naming where in the recipe it is.
+
+    version: 1
+    pruners:
+      convs:                      # any name
+        layers: ["conv.*"]        # regular expressions, matched in full against
+                                  # layer names (default: every layer no other
+                                  # pruner names)
+        criterion: magnitude      # and any other argument of tfprune.prune:
+        granularity: filter       # granularity, scope, reduction, min_sparsity,
+        schedule:                 # max_sparsity, budget, round_to, seed, ...
+          type: polynomial        # constant | polynomial | exponential | agp
+          final_sparsity: 0.5
+          begin_epoch: 0          # or begin_step
+          end_epoch: 3            # or end_step
+          frequency: 10           # steps (or frequency_epochs)
+    regularizers:
+      lasso:
+        type: group_lasso         # l1 | group_lasso | l0
+        strength: 1.0e-4
+        granularity: filter
+        layers: ["dense.*"]
+        proximal: true            # soft thresholding after every update
+    training:
+      epochs: 4
+      batch_size: 32
+      optimizer: adam             # a Keras identifier or {class_name, config}
+      learning_rate: 1.0e-3
+      loss: sparse_categorical_crossentropy   # default: the model's own
+      metrics: [accuracy]
+    thin: false                   # also remove pruned channels (tfprune.thin)
+
+Epochs become steps with the run's steps per epoch (`ceil(samples /
+batch_size)`), so `begin_epoch: 1` starts pruning after the first epoch.
+
+Example:
+>>> recipe = Recipe.from_config({"pruners": {"all": {"schedule": {
+...     "type": "constant", "target_sparsity": 0.5, "begin_step": 0, "frequency": 1}}}})
+>>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d")])
+>>> pruned = recipe.apply(model, steps_per_epoch=10)
+>>> [layer.name for layer in pruned.layers]
+['prune_low_magnitude_d']
+"""
+
+import inspect
+import json
+import math
+import os
+import re
+
+import keras
+import numpy as np
+
+# Schedule types by their short names, with the arguments each takes.
+SCHEDULES = {
+    "constant": ("ConstantSparsity", ("target_sparsity", "begin_step", "end_step", "frequency")),
+    "polynomial": (
+        "PolynomialDecay",
+        ("initial_sparsity", "final_sparsity", "begin_step", "end_step", "power", "frequency"),
+    ),
+    "exponential": (
+        "ExponentialDecay",
+        ("final_sparsity", "rate", "begin_step", "end_step", "frequency", "initial_sparsity"),
+    ),
+    "agp": ("AGP", ("final_sparsity", "begin_step", "end_step", "frequency", "initial_sparsity")),
+}
+_FLOATS = {"target_sparsity", "initial_sparsity", "final_sparsity", "power", "rate"}
+_IN_EPOCHS = {"begin_epoch": "begin_step", "end_epoch": "end_step", "frequency_epochs": "frequency"}
+
+REGULARIZERS = {
+    "l1": ("strength", "layers", "proximal"),
+    "group_lasso": ("strength", "granularity", "layers", "proximal"),
+    "l0": ("strength", "droprate_init", "seed"),
+}
+TRAINING = ("epochs", "batch_size", "optimizer", "learning_rate", "loss", "metrics")
+TOP = ("version", "pruners", "regularizers", "training", "thin")
+# `tfprune.prune` arguments a pruner may set (besides `layers` and `schedule`).
+_NOT_IN_RECIPES = {"to_prune", "pruning_schedule", "layers", "pruning_policy"}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be applied; the message says where and why."""
+
+
+def _fail(where, message):
+    raise RecipeError(f"recipe: {where}: {message}" if where else f"recipe: {message}")
+
+
+def _mapping(value, where):
+    if not isinstance(value, dict):
+        _fail(where, f"must be a mapping. Received: {value!r}")
+    return value
+
+
+def _known(config, allowed, where):
+    unknown = [key for key in config if key not in allowed]
+    if unknown:
+        _fail(where, f"unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+
+
+def _pruner_arguments():
+    from tfprune import api
+
+    names = inspect.signature(api.prune).parameters
+    return tuple(name for name in names if name not in _NOT_IN_RECIPES)
+
+
+def schedule_from_config(config, steps_per_epoch=None, where="schedule", check_only=False):
+    """A `PruningSchedule` from `{"type": "polynomial", ...}` (or a saved
+    schedule's `{"class_name": ..., "config": ...}`).
+
+    `begin_epoch`, `end_epoch` and `frequency_epochs` are converted with
+    `steps_per_epoch`; each may be given in steps or in epochs, not both.
+    With `check_only`, a schedule in epochs is checked for its keys and
+    types only (its values are checked once the steps per epoch are known).
+    """
+    from tfprune import schedules
+
+    config = _mapping(config, where)
+    if "class_name" in config:  # a Keras-serialized schedule
+        try:
+            return schedules.get(config)
+        except (ValueError, TypeError) as error:
+            _fail(where, str(error).splitlines()[0])
+    config = dict(config)
+    name = config.pop("type", None)
+    if name not in SCHEDULES:
+        _fail(where, f"`type` must be one of {', '.join(SCHEDULES)}. Received: type={name!r}")
+    class_name, allowed = SCHEDULES[name]
+    _known(config, ("type", *allowed, *(k for k, v in _IN_EPOCHS.items() if v in allowed)), where)
+    values = {}
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(where, f"`{key}` must be a number. Received: {key}={value!r}")
+        if key in _IN_EPOCHS:
+            step_key = _IN_EPOCHS[key]
+            if step_key in config:
+                _fail(where, f"give `{key}` or `{step_key}`, not both")
+            if check_only and steps_per_epoch is None:
+                continue
+            if steps_per_epoch is None:
+                _fail(where, f"`{key}` needs the steps per epoch of a training run")
+            steps = value * steps_per_epoch
+            values[step_key] = max(int(round(steps)), 1 if key == "frequency_epochs" else 0)
+        elif key in _FLOATS:
+            values[key] = float(value)
+        elif value != int(value):
+            _fail(where, f"`{key}` must be a whole number of steps. Received: {key}={value!r}")
+        else:
+            values[key] = int(value)
+    if check_only and steps_per_epoch is None and set(config) & set(_IN_EPOCHS):
+        return None
+    try:
+        return getattr(schedules, class_name)(**values)
+    except (ValueError, TypeError) as error:
+        _fail(where, str(error).splitlines()[0])
+
+
+def load(path):
+    """The recipe in a `.yaml`/`.yml` or `.json` file."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe: no such file: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            config = yaml.safe_load(text)
+        else:
+            config = json.loads(text)
+    except Exception as error:  # the parser's own message, on one line
+        raise RecipeError(
+            f"recipe: cannot parse {path}: {str(error).splitlines()[0]}"
+        ) from None
+    return Recipe.from_config(config)
+
+
+class Recipe:
+    """A parsed, checked recipe (see the module docstring).
+
+    `apply(model, steps_per_epoch)` returns the model set up for training
+    (gated, regularized, wrapped); `callbacks()` the callbacks it needs;
+    `run(model, x, y)` does all of it, trains, and returns the plain model.
+    """
+
+    def __init__(self, pruners, regularizers, training, thin):
+        self.pruners = pruners
+        self.regularizers = regularizers
+        self.training = training
+        self.thin = thin
+
+    @classmethod
+    def from_config(cls, config):
+        config = _mapping(config, "")
+        _known(config, TOP, "")
+        if config.get("version", 1) != 1:
+            _fail("version", f"must be 1. Received: version={config['version']!r}")
+        pruners = _mapping(config.get("pruners", {}) or {}, "pruners")
+        regularizers = _mapping(config.get("regularizers", {}) or {}, "regularizers")
+        if not pruners and not regularizers:
+            _fail("", "needs at least one entry under `pruners` or `regularizers`")
+        allowed = ("layers", "schedule", *_pruner_arguments())
+        for name, pruner in pruners.items():
+            where = f"pruners.{name}"
+            _known(_mapping(pruner, where), allowed, where)
+            if "schedule" not in pruner:
+                _fail(where, "needs a `schedule`")
+            _patterns(pruner.get("layers"), where)
+            schedule_from_config(pruner["schedule"], None, f"{where}.schedule", check_only=True)
+        for name, regularizer in regularizers.items():
+            where = f"regularizers.{name}"
+            kind = _mapping(regularizer, where).get("type")
+            if kind not in REGULARIZERS:
+                _fail(where, f"`type` must be one of {', '.join(REGULARIZERS)}. Received: type={kind!r}")
+            _known(regularizer, ("type", *REGULARIZERS[kind]), where)
+            _patterns(regularizer.get("layers"), where)
+            _make_regularizer(regularizer, where)  # checks values
+        l0 = [name for name, r in regularizers.items() if r["type"] == "l0"]
+        if len(l0) > 1:
+            _fail("regularizers", f"one `l0` entry gates the whole model. Received: {l0}")
+        training = _mapping(config.get("training", {}) or {}, "training")
+        _known(training, TRAINING, "training")
+        for key in ("epochs", "batch_size"):
+            value = training.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _fail("training", f"`{key}` must be a positive integer. Received: {key}={value!r}")
+        thin = config.get("thin", False)
+        if not isinstance(thin, bool):
+            _fail("thin", f"must be true or false. Received: thin={thin!r}")
+        return cls(pruners, regularizers, training, thin)
+
+    def get_config(self):
+        return {
+            "version": 1,
+            "pruners": self.pruners,
+            "regularizers": self.regularizers,
+            "training": self.training,
+            "thin": self.thin,
+        }
+
+    def save(self, path):
+        """Writes the recipe as YAML (`.yaml`/`.yml`) or JSON."""
+        with open(path, "w", encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                yaml.safe_dump(self.get_config(), f, sort_keys=False)
+            else:
+                json.dump(self.get_config(), f, indent=1)
+
+    def _layer_names(self, model):
+        """`{entry: [layer names]}` for every pruner and regularizer naming
+        layers; raises if a pattern matches nothing or two pruners claim a layer."""
+        from tfprune import layers as layer_specs
+
+        candidates = [
+            layer.name
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if layer_specs.prunable_weights(layer)
+            or (not layer.built and layer_specs.has_prunable_weights(layer))
+        ]
+        chosen, claimed = {}, {}
+        entries = [(f"pruners.{n}", p) for n, p in self.pruners.items()]
+        entries += [(f"regularizers.{n}", r) for n, r in self.regularizers.items()]
+        for where, entry in entries:
+            patterns = entry.get("layers")
+            if patterns is None:
+                continue
+            names = []
+            for pattern in _patterns(patterns, where):
+                matched = [n for n in candidates if re.fullmatch(pattern, n)]
+                if not matched:
+                    _fail(
+                        f"{where}.layers",
+                        f"{pattern!r} matches no layer with prunable weights "
+                        f"(they are: {', '.join(candidates)})",
+                    )
+                names += [n for n in matched if n not in names]
+            chosen[where] = names
+            if where.startswith("pruners."):
+                for name in names:
+                    if name in claimed:
+                        _fail(f"{where}.layers", f"layer {name!r} is pruned by {claimed[name]} too")
+                    claimed[name] = where
+        for where, entry in entries:
+            if where.startswith("pruners.") and entry.get("layers") is None:
+                rest = [n for n in candidates if n not in claimed]
+                if not rest:
+                    _fail(where, "every layer is named by another pruner; give `layers`")
+                chosen[where] = rest
+        return chosen
+
+    def apply(self, model, steps_per_epoch=None):
+        """A copy of `model` set up for training by the recipe: gated, wrapped
+        and regularized (the input model is left as it was)."""
+        from tfprune import api, cloning
+        from tfprune.l0 import add_l0_gates
+        from tfprune.regularizers import regularize
+        from tfprune.wrapper import collect_prunable_layers
+
+        names = self._layer_names(model)  # checks before anything is touched
+        schedules = {
+            name: schedule_from_config(p["schedule"], steps_per_epoch, f"pruners.{name}.schedule")
+            for name, p in self.pruners.items()
+        }
+        if not self.pruners and not any(r["type"] == "l0" for r in self.regularizers.values()):
+            if not cloning.is_graph_model(model):
+                _fail("regularizers", "without pruners a recipe needs a Sequential or Functional model")
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())
+            model = copy
+        for entry in self.regularizers.values():
+            if entry["type"] == "l0":
+                model = add_l0_gates(
+                    model, l0_strength=entry.get("strength", 1e-3),
+                    droprate_init=entry.get("droprate_init", 0.5), seed=entry.get("seed"),
+                )  # fmt: skip
+        owners = {}  # layer name -> the pruner entry wrapping it
+        for name, entry in self.pruners.items():
+            where = f"pruners.{name}"
+            taken = [n for n in names[where] if n in owners]
+            if taken:
+                _fail(
+                    f"{where}.layers",
+                    f"layer {taken[0]!r} is already pruned by {owners[taken[0]]} (its channels "
+                    "are coupled to the layers that pruner names); a layer has one pruner",
+                )
+            arguments = {k: _tuples(v) for k, v in entry.items() if k not in ("layers", "schedule")}
+            model = api.prune(model, schedules[name], layers=names[where], **arguments)
+            for wrapper in collect_prunable_layers(model):
+                owners.setdefault(wrapper.layer.name, where)
+        for name, entry in self.regularizers.items():
+            if entry["type"] != "l0":
+                where = f"regularizers.{name}"
+                regularize(model, _make_regularizer(entry, where), layers=names.get(where))
+        return model
+
+    def callbacks(self):
+        """The callbacks training by this recipe needs."""
+        from tfprune.callbacks import UpdatePruningStep
+        from tfprune.regularizers import SoftThreshold
+
+        found = [UpdatePruningStep()] if self.pruners else []
+        if any(r.get("proximal") for r in self.regularizers.values()):
+            found.append(SoftThreshold())
+        return found
+
+    def compile(self, model, like=None):
+        """Compiles `model` with the recipe's optimizer, loss and metrics
+        (loss and metrics default to those `like` was compiled with)."""
+        optimizer = keras.optimizers.get(self.training.get("optimizer", "adam"))
+        if "learning_rate" in self.training:
+            optimizer.learning_rate = float(self.training["learning_rate"])
+        loss = self.training.get("loss", getattr(like, "loss", None))
+        if loss is None:
+            _fail(
+                "training",
+                "needs a `loss`: the model was saved without a compiled loss",
+            )
+        if isinstance(loss, dict):
+            loss = keras.losses.get(loss)
+        model.compile(optimizer, loss, metrics=self.training.get("metrics"))
+        return model
+
+    def run(self, model, x, y, validation_data=None, verbose=1):
+        """Applies the recipe to `model`, trains it on `(x, y)` and returns
+        `(plain model, history)`: wrappers stripped, gates folded (and
+        channels removed when the recipe says `thin: true`)."""
+        from tfprune import thinning
+
+        batch_size = self.training.get("batch_size", 32)
+        steps_per_epoch = math.ceil(len(np.asarray(y)) / batch_size)
+        pruned = self.apply(model, steps_per_epoch)
+        self.compile(pruned, like=model)
+        history = pruned.fit(
+            x, y, batch_size=batch_size, epochs=self.training.get("epochs", 1),
+            validation_data=validation_data, callbacks=self.callbacks(), verbose=verbose,
+        )  # fmt: skip
+        plain = thinning.thin(pruned) if self.thin else thinning.plain(pruned)
+        return plain, history
+
+
+def _patterns(patterns, where):
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        _fail(f"{where}.layers", f"must be a list of regular expressions. Received: {patterns!r}")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            _fail(f"{where}.layers", f"{pattern!r} is not a regular expression: {error}")
+    return patterns
+
+
+def _tuples(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _make_regularizer(entry, where):
+    from tfprune import regularizers
+
+    strength = entry.get("strength", 1e-4)
+    try:
+        if entry["type"] == "l1":
+            return regularizers.L1(strength)
+        if entry["type"] == "group_lasso":
+            return regularizers.GroupLasso(strength, entry.get("granularity", "filter"))
+        from tfprune.l0 import L0Penalty
+
+        return L0Penalty(strength)
+    except (ValueError, TypeError) as error:
+        _fail(where, str(error).splitlines()[0])
+
+
+def from_sensitivity(scope, target, granularity="element", epochs=3):
+    """A recipe pruning each layer to its sparsity in `scope` (from
+    `Sensitivity.allocate(target)`), polynomially over the first
+    `epochs - 1` epochs, then fine-tuning one more."""
+    pruned = {layer: float(s) for layer, s in scope.items() if s > 0}
+    if not pruned:
+        raise ValueError(f"Argument `scope` prunes no layer. Received: scope={scope!r}")
+    end = max(epochs - 1, 1)
+    return Recipe.from_config({
+        "pruners": {
+            "sensitivity": {
+                "layers": [re.escape(layer) for layer in pruned],
+                "granularity": granularity,
+                "scope": pruned,
+                "schedule": {
+                    "type": "polynomial", "initial_sparsity": 0.0, "final_sparsity": float(target),
+                    "begin_epoch": 0, "end_epoch": end, "frequency": 10,
+                },
+            }
+        },
+        "training": {"epochs": epochs, "batch_size": 32},
+    })  # fmt: skip
