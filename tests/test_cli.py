@@ -204,7 +204,33 @@ def test_sensitivity_measures_each_layer_alone_and_restores_it(rng):
     assert dict(result.curve("h"))[0.0] == float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
     filters = tfprune.sensitivity(model, x, y, sparsities=(0.5,), granularity="filter", verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    assert len(filters.rows) == 4
+    # coupled: one group (h's units; the outputs stay), its 6*16 + 16 + 16*4 weights
+    assert filters.groups == {"h": ["h"]} and filters.parameters == {"h": 176}
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    expected = float(np.mean(pruned.predict(x, verbose=0).argmax(-1) == y))
+    model.set_weights(before)
+    assert filters.rows[1] == ("h", 0.5, expected)
+
+
+def test_sensitivity_over_coupled_channels_names_merged_groups(rng):
+    x_in = keras.Input((6,))
+    a = keras.layers.Dense(8, name="a")(x_in)
+    b = keras.layers.Dense(8, name="b")(x_in)
+    h = keras.layers.Add()([a, b])
+    c = keras.layers.Dense(4, activation="relu", name="c")(h)
+    model = keras.Model(x_in, keras.layers.Dense(3, name="out")(c))
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    result = tfprune.sensitivity(model, x, y, sparsities=(0.5,), granularity="filter", verbose=0)
+    assert result.groups == {"a+b": ["a", "b"], "c": ["c"]}
+    assert result.parameters == {"a+b": 2 * (6 * 8 + 8) + 8 * 4, "c": 8 * 4 + 4 + 4 * 3}
+    recipe = recipes.from_sensitivity({"a+b": 0.5, "c": 0.0}, 0.4, "filter", result.groups)
+    pruned = recipe.apply(model, steps_per_epoch=10)
+    tfprune.update_masks(pruned, 0.5)
+    assert tfprune.thin(pruned).get_layer("a").units == 4
+    with pytest.raises(ValueError, match=r"produce no prunable channel group: \['out'\]"):
+        tfprune.sensitivity(model, x, y, granularity="filter", layers=["out"], verbose=0)
 
 
 def test_sensitivity_allocation_meets_the_overall_target():

@@ -294,7 +294,8 @@ def sensitivity_command(args):
         if args.recipe_out:
             from tfprune import recipes
 
-            recipes.from_sensitivity(scope, args.budget, args.granularity).save(args.recipe_out)
+            recipe = recipes.from_sensitivity(scope, args.budget, args.granularity, result.groups)
+            recipe.save(args.recipe_out)
             print(f"recipe: {args.recipe_out}")
     return 0
 
@@ -384,7 +385,10 @@ def main(argv=None):
         description="Prints the metric (accuracy for class labels, else -MSE) of the model "
         "with each layer alone pruned by magnitude at each sparsity; --csv and --plot "
         "write them; --budget turns them into per-layer sparsities reaching that overall "
-        "sparsity (a {layer: sparsity} scope for tfprune.prune).",
+        "sparsity (a {layer: sparsity} scope for tfprune.prune); --recipe-out writes them "
+        "as a recipe for `tfprune prune`. --granularity filter removes whole channels: "
+        "on a Sequential or Functional model one coupled group of the dependency graph "
+        "at a time (producers, normalizations and readers together).",
     )
     sens.add_argument("model", help="a .keras file")
     sens.add_argument("--data", required=True, help=".npz with x, y (x_val, y_val used if present)")

@@ -424,25 +424,32 @@ def _make_regularizer(entry, where):
         _fail(where, str(error).splitlines()[0])
 
 
-def from_sensitivity(scope, target, granularity="element", epochs=3):
-    """A recipe pruning each layer to its sparsity in `scope` (from
-    `Sensitivity.allocate(target)`), polynomially over the first
-    `epochs - 1` epochs, then fine-tuning one more."""
-    pruned = {layer: float(s) for layer, s in scope.items() if s > 0}
-    if not pruned:
+def from_sensitivity(scope, target, granularity="element", groups=None, epochs=3):
+    """A recipe pruning to the sparsities of `Sensitivity.allocate(target)`,
+    polynomially over the first `epochs - 1` epochs, then fine-tuning one more.
+
+    Element (and per-layer filter) allocations become a `{layer: sparsity}`
+    scope. Coupled channel groups (`groups`: `Sensitivity.groups`, each row's
+    producer layers) become a layer-wise channel pruner whose `max_sparsity`
+    holds each group at its allocation while the schedule rises to the largest.
+    """
+    chosen = {name: float(s) for name, s in scope.items() if s > 0}
+    if not chosen:
         raise ValueError(f"Argument `scope` prunes no layer. Received: scope={scope!r}")
     end = max(epochs - 1, 1)
-    return Recipe.from_config({
-        "pruners": {
-            "sensitivity": {
-                "layers": [re.escape(layer) for layer in pruned],
-                "granularity": granularity,
-                "scope": pruned,
-                "schedule": {
-                    "type": "polynomial", "initial_sparsity": 0.0, "final_sparsity": float(target),
-                    "begin_epoch": 0, "end_epoch": end, "frequency": 10,
-                },
-            }
-        },
-        "training": {"epochs": epochs, "batch_size": 32},
-    })  # fmt: skip
+    schedule = {
+        "type": "polynomial", "initial_sparsity": 0.0, "final_sparsity": float(target),
+        "begin_epoch": 0, "end_epoch": end, "frequency": 10,
+    }  # fmt: skip
+    if groups is None:
+        pruner = {"granularity": granularity, "scope": chosen}
+        layers = list(chosen)
+    else:
+        limits = {layer: s for name, s in chosen.items() for layer in groups[name]}
+        pruner = {"granularity": "filter", "max_sparsity": limits}
+        layers = list(limits)
+        schedule["final_sparsity"] = max(chosen.values())
+    pruner = {"layers": [re.escape(layer) for layer in layers], **pruner, "schedule": schedule}
+    return Recipe.from_config(
+        {"pruners": {"sensitivity": pruner}, "training": {"epochs": epochs, "batch_size": 32}}
+    )

@@ -3,8 +3,14 @@
 `sensitivity(model, x, y)` prunes each prunable layer alone, by magnitude,
 over a sweep of sparsities, evaluates the model on `(x, y)` after each, and
 restores the weights: `Sensitivity.rows` holds `(layer, sparsity, metric)`.
-With `granularity="filter"` whole output filters of the layer go (kernel
-slice and bias, lowest mean |w| first) instead of single weights.
+With `granularity="filter"` whole channels go instead of single weights:
+on a Sequential or Functional model a row is a coupled group of the channel
+dependency graph (`tfprune.graph`; a producer with everything tied to it,
+named `"conv_a+conv_b"` when a merge ties several), pruned exactly as
+`tfprune.prune(..., granularity="filter")` prunes it (its producers'
+filters, the normalizations and every reader's input slice); on other models
+a row is one layer's output filters (kernel slice and bias). Channels go
+lowest mean |w| first.
 
 The metric is accuracy when `y` holds class labels (integers, or one-hot
 rows) and the model outputs scores per class; otherwise the negative mean
@@ -31,8 +37,9 @@ import csv
 import keras
 import numpy as np
 
+from tfprune import cloning, masking
+from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
-from tfprune import masking
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -78,10 +85,11 @@ def _pruned_values(weights, specs, holder_bias, sparsity, granularity):
 class Sensitivity:
     """Measured sensitivities: `rows` of `(layer, sparsity, metric)`."""
 
-    def __init__(self, rows, parameters, granularity):
+    def __init__(self, rows, parameters, granularity, groups=None):
         self.rows = rows
-        self.parameters = parameters  # prunable weights per layer
+        self.parameters = parameters  # prunable weights (a group's: all it carries)
         self.granularity = granularity
+        self.groups = groups  # coupled: {row name: producer layer names}
 
     @property
     def layers(self):
@@ -170,6 +178,8 @@ def sensitivity(
     sparsities = sorted({0.0, *(float(s) for s in sparsities)})
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         raise ValueError(f"Argument `sparsities` must be in [0, 1). Received: sparsities={sparsities!r}")
+    if granularity == "filter" and cloning.is_graph_model(model):
+        return _coupled(model, x, y, sparsities, layers, batch_size, verbose)
     candidates = [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
@@ -223,3 +233,44 @@ def sensitivity(
             if bias is not None:
                 bias.assign(saved_bias)
     return Sensitivity(rows, parameters, granularity)
+
+
+def _coupled(model, x, y, sparsities, layers, batch_size, verbose):
+    """Each coupled channel group of a graph model alone, over `sparsities`."""
+    from tfprune import api
+
+    structure = graph_lib.build(model, strict=False)
+    groups = [g for g in structure.groups if g.prunable]
+    if layers is not None:
+        producers = {name for g in groups for name in g.producers}
+        missing = sorted(set(layers) - producers)
+        if missing:
+            raise ValueError(
+                f"Argument `layers` names layers that produce no prunable channel group: "
+                f"{missing}. Received: layers={list(layers)!r}"
+            )
+        groups = [g for g in groups if set(g.producers) & set(layers)]
+    full = structure.count("params")
+    rows, parameters, names = [], {}, {}
+    saved = model.get_weights()
+    bar = keras.utils.Progbar(len(groups) * len(sparsities), verbose=verbose)
+    baseline = measure(model, x, y, batch_size)[0]
+    try:
+        for group in groups:
+            name = "+".join(group.producers)
+            names[name] = list(group.producers)
+            keep = np.ones(structure.size, bool)
+            keep[group.units] = False
+            parameters[name] = int(round(full - structure.count("params", keep)))
+            wrapped = api.prune(model, None, granularity="filter", layers=list(group.producers))
+            for s in sparsities:
+                if s == 0.0:
+                    rows.append((name, 0.0, baseline))
+                else:
+                    api.update_masks(wrapped, s)
+                    rows.append((name, s, measure(wrapped, x, y, batch_size)[0]))
+                bar.add(1)
+            model.set_weights(saved)  # the wrappers mask the model's own variables
+    finally:
+        model.set_weights(saved)
+    return Sensitivity(rows, parameters, "filter", names)
