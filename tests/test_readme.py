@@ -137,3 +137,29 @@ def test_the_regularization_example_runs():
     exec(compile(block, str(README), "exec"), namespace)
     assert namespace["small"].get_layer("conv").filters == 4
     assert isinstance(namespace["gated"].get_layer("l0_gate_bn"), tfprune.L0Gate)
+
+
+@only_backends("tensorflow", reason="backend-independent plumbing (recipes are tested on two backends)")
+def test_the_recipe_example_runs(tmp_path, monkeypatch):
+    import yaml
+
+    from tfprune import demo
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Recipes\n"):text.index("\n## ", text.index("### Recipes\n"))]
+    config = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", section, flags=re.S)[0])
+    assert config["pruners"]["dense"]["layers"] == ["dense\\d"]
+    assert config["training"]["epochs"] == 3  # 10 steps each below: the schedule ends at 20
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config))
+    x, x_val, y, y_val = demo.load_digits_split()
+    model = demo.build_cnn()
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    namespace = {"tfprune": tfprune, "model": model, "x": x[:320], "y": y[:320],
+                 "x_val": x_val[:64], "y_val": y_val[:64]}  # fmt: skip
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(block, str(README), "exec"), namespace)
+    plain = namespace["plain"]
+    assert plain.get_layer("conv1").filters == 16 and plain.get_layer("conv2").filters == 64
+    kernel = keras.ops.convert_to_numpy(plain.get_layer("dense1").kernel)
+    assert (kernel.reshape(-1, 4, kernel.shape[-1]) == 0).sum(axis=1).min() == 2  # 2:4 along inputs

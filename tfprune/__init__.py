@@ -4,7 +4,7 @@ A superset of TFMOT's `tfmot.sparsity.keras` API: change the import and keep
 the code.
 """
 
-from tfprune import regularizers
+from tfprune import recipes, regularizers
 from tfprune.allocation import SensitivityThreshold, Splicing
 from tfprune.api import (
     collect_statistics,
@@ -71,6 +71,7 @@ __all__ = [
     "prune_low_magnitude",
     "prune_scope",
     "regularize",
+    "recipes",
     "regularizers",
     "sensitivity",
     "rewind_weights",

@@ -354,18 +354,19 @@ class Recipe:
             found.append(SoftThreshold())
         return found
 
+    def _loss(self, model):
+        loss = self.training.get("loss", getattr(model, "loss", None))
+        if loss is None:
+            _fail("training", "needs a `loss`: the model has no compiled loss")
+        return loss
+
     def compile(self, model, like=None):
         """Compiles `model` with the recipe's optimizer, loss and metrics
         (loss and metrics default to those `like` was compiled with)."""
         optimizer = keras.optimizers.get(self.training.get("optimizer", "adam"))
         if "learning_rate" in self.training:
             optimizer.learning_rate = float(self.training["learning_rate"])
-        loss = self.training.get("loss", getattr(like, "loss", None))
-        if loss is None:
-            _fail(
-                "training",
-                "needs a `loss`: the model was saved without a compiled loss",
-            )
+        loss = self._loss(like)
         if isinstance(loss, dict):
             loss = keras.losses.get(loss)
         model.compile(optimizer, loss, metrics=self.training.get("metrics"))
@@ -377,6 +378,7 @@ class Recipe:
         channels removed when the recipe says `thin: true`)."""
         from tfprune import thinning
 
+        self._loss(model)  # checked before anything is built
         batch_size = self.training.get("batch_size", 32)
         steps_per_epoch = math.ceil(len(np.asarray(y)) / batch_size)
         pruned = self.apply(model, steps_per_epoch)
