@@ -94,11 +94,11 @@ def test_inspect_usage_errors_and_help(capsys):
 # ---------------------------------------------------------------- schedule
 def test_schedule_prints_the_updates_a_training_run_sees_and_plots_them(tmp_path, capsys):
     png = tmp_path / "curve.png"
-    code = cli.main(["schedule", "polynomial", "--initial-sparsity", "0.5", "--final-sparsity",
-                     "0.9", "--begin-step", "0", "--end-step", "1000", "--frequency", "100",
-                     "--plot", str(png)])  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0
+    result = run("schedule", "polynomial", "--initial-sparsity", "0.5", "--final-sparsity",
+                 "0.9", "--begin-step", "0", "--end-step", "1000", "--frequency", "100",
+                 "--plot", str(png))  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
     lines = [line.split() for line in out.splitlines()[2:12]]
     # step 0 is never a training step: the first update is at step 100
     schedule = tfprune.PolynomialDecay(0.5, 0.9, 0, 1000, frequency=100)
@@ -145,14 +145,24 @@ def test_schedule_refuses_bad_values_with_exit_code_2(args, message, capsys):
     assert err.startswith("tfprune: error: ") and message in err and len(err.splitlines()) == 1
 
 
+def test_schedule_refuses_bad_values_through_the_entry_point():
+    out = run("schedule", "agp", "--final-sparsity", "0.9", "--begin-step", "10", "--end-step", "5")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "tfprune: error: schedule: Argument `end_step` must be"
+    )
+
+
 # ----------------------------------------------------------- strip, export
 def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys):
     path, pruned = saved
     x = np.random.default_rng(0).normal(size=(3, 6, 6, 2)).astype("float32")
     expected = keras.ops.convert_to_numpy(pruned(x, training=False))
     out = tmp_path / "plain.keras"
-    assert cli.main(["strip", str(path), "--out", str(out)]) == 0
-    assert "gzip" in capsys.readouterr().out
+    result = run("strip", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    raw, zipped = map(int, re.search(r"(\d+) bytes, gzip (\d+) bytes", result.stdout).groups())
+    assert raw == out.stat().st_size and zipped < raw
     plain = keras.models.load_model(out)
     kinds = (tfprune.PruneLowMagnitude, l0.L0Gate)
     assert not any(isinstance(layer, kinds) for layer in plain.layers)
@@ -160,8 +170,13 @@ def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys)
     for sparse in (False, True):
         target = tmp_path / f"m{int(sparse)}.tflite"
         args = ["export", str(path), "--format", "tflite", "--out", str(target)]
-        assert cli.main(args + (["--sparse"] if sparse else [])) == 0
-        last = capsys.readouterr().out.strip().splitlines()[-1]
+        if sparse:  # through the entry point
+            result = run(*args, "--sparse")
+            assert result.returncode == 0, result.stderr[-2000:]
+            last = result.stdout.strip().splitlines()[-1]
+        else:
+            assert cli.main(args) == 0
+            last = capsys.readouterr().out.strip().splitlines()[-1]
         raw, zipped = map(int, re.search(r"(\d+) bytes, gzip (\d+) bytes", last).groups())
         np.testing.assert_allclose(tflite_predict(x, model_path=str(target)), expected, atol=1e-4)
         assert raw == target.stat().st_size and zipped < raw
@@ -268,8 +283,8 @@ def test_sensitivity_command_writes_table_csv_plot_and_scope(rng, tmp_path):
 
 def test_sensitivity_command_refuses_bad_data(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", x=np.zeros((2, 6), "float32"))
-    assert cli.main(["sensitivity", "m.keras", "--data", str(tmp_path / "bad.npz")]) == 2
-    assert capsys.readouterr().err.strip() == (
+    out = run("sensitivity", "m.keras", "--data", str(tmp_path / "bad.npz"))
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
         f"tfprune: error: {tmp_path / 'bad.npz'} lacks 'y' (has ['x'])"
     )
     assert cli.main(["sensitivity", "m.keras", "--data", str(tmp_path / "none.npz")]) == 2
@@ -323,6 +338,8 @@ def test_prune_command_prunes_by_a_recipe_and_thins(rng, tmp_path):
 
 def test_prune_command_refuses_bad_input(rng, tmp_path, capsys):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    model.save(tmp_path / "uncompiled.keras")
+    model.compile("sgd", "mse")
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 4), "float32"), y=np.zeros(4, "int32"))
     np.savez(tmp_path / "half.npz", x=np.zeros((4, 4)), y=np.zeros(4), x_val=np.zeros((2, 4)))
@@ -340,4 +357,35 @@ def test_prune_command_refuses_bad_input(rng, tmp_path, capsys):
     for args, message in cases:
         assert cli.main(["prune", str(tmp_path / "m.keras"), *args, *common]) == 2
         assert capsys.readouterr().err.strip() == message
+    args = ["--data", str(tmp_path / "d.npz"), "--recipe", str(tmp_path / "r.yaml"), *common]
+    assert cli.main(["prune", str(tmp_path / "uncompiled.keras"), *args]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tfprune: error: recipe: training: needs a `loss`: the model has no compiled loss"
+    )
     assert not (tmp_path / "o.keras").exists()
+
+
+# -------------------------------------------------------------------- demo
+def test_demo_through_the_entry_point():
+    out = run("demo", "--epochs", "2", "--prune-epochs", "3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^(\w+/kernel)\s+(\d+)\s+([\d.]+)%$", out.stdout, flags=re.M)
+    assert [name for name, _, _ in rows] == ["conv1/kernel", "conv2/kernel", "dense1/kernel",
+                                             "logits/kernel"]  # fmt: skip
+    for _, size, shown in rows:
+        kept = max(round(int(size) * 0.1), 1)
+        assert shown == f"{100 * (1 - kept / int(size)):.2f}"
+    accuracy = re.search(r"test accuracy\s+([\d.]+)%\s+([\d.]+)%", out.stdout)
+    assert accuracy and all(0 < float(a) <= 100 for a in accuracy.groups())
+    gzip = re.search(r"weights gzip \(bytes\)\s+([\d,]+)\s+([\d,]+)", out.stdout)
+    dense, pruned = (int(v.replace(",", "")) for v in gzip.groups())
+    assert pruned < dense / 3
+
+
+def test_demo_refuses_bad_values(capsys):
+    assert cli.main(["demo", "--final-sparsity", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tfprune: error: Argument `final_sparsity` must be in [0, 1). Received: final_sparsity=1.5"
+    )
+    assert cli.main(["demo", "--epochs", "0"]) == 2
+    assert "Argument `epochs` must be a positive integer. Received: epochs=0" in capsys.readouterr().err

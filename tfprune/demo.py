@@ -65,16 +65,21 @@ def model_size(model):
 
 def run(epochs=20, prune_epochs=20, batch_size=32, final_sparsity=0.9, seed=0, verbose=0):
     """Runs the demo and returns its measurements as a dict."""
+    for name, value in (("epochs", epochs), ("prune_epochs", prune_epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"Argument `{name}` must be a positive integer. Received: {name}={value!r}")
     keras.utils.set_random_seed(seed)
     x_train, x_test, y_train, y_test = load_digits_split(seed)
+    steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
+    end_step = steps_per_epoch * max(1, prune_epochs - 5)  # last epochs recover
+    schedule = tfprune.AGP(  # checks final_sparsity before any training
+        final_sparsity, begin_step=0, end_step=end_step, frequency=max(steps_per_epoch // 2, 1)
+    )
     dense = build_cnn()
     _compile(dense, 1e-3)
     dense.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=verbose)
     dense_acc = dense.evaluate(x_test, y_test, verbose=0)[1]
 
-    steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
-    end_step = steps_per_epoch * max(1, prune_epochs - 5)  # last epochs recover
-    schedule = tfprune.AGP(final_sparsity, begin_step=0, end_step=end_step, frequency=steps_per_epoch // 2)
     pruned = tfprune.prune_low_magnitude(dense, pruning_schedule=schedule)
     _compile(pruned, 5e-4)
     pruned.fit(
@@ -127,9 +132,9 @@ def format_report(result):
     return "\n".join(lines)
 
 
-def main():
+def main(epochs=20, prune_epochs=20, final_sparsity=0.9):
     start = time.perf_counter()
-    result = run()
+    result = run(epochs=epochs, prune_epochs=prune_epochs, final_sparsity=final_sparsity)
     print(format_report(result))
     print(f"\n(finished in {time.perf_counter() - start:.0f} s)")
     return result
