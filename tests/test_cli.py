@@ -389,3 +389,22 @@ def test_demo_refuses_bad_values(capsys):
     )
     assert cli.main(["demo", "--epochs", "0"]) == 2
     assert "Argument `epochs` must be a positive integer. Received: epochs=0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------- inspect --xnnpack
+def test_inspect_xnnpack_says_which_layer_breaks_which_condition(tmp_path, capsys):
+    from test_xnnpack import mobilenet, prune_1x1
+
+    prune_1x1(mobilenet(), 0.8).save(tmp_path / "pruned.keras")
+    out = run("inspect", "--xnnpack", str(tmp_path / "pruned.keras"), "--format", "json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["ok"] is True and [c["name"] for c in report["conditions"]] == [
+        "stem", "sparsity", "end", "ops"
+    ]  # fmt: skip
+    mobilenet(stem_strides=1).save(tmp_path / "dense.keras")
+    assert cli.main(["inspect", "--xnnpack", str(tmp_path / "dense.keras")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("XNNPACK sparse inference for 'mini_mobilenet': no (2 of 4 conditions fail)")
+    assert "pw_1: 1x1 conv with 0.0% zeros, needs > 66.7%" in text
+    assert "stem conv1: stride 1; needs a 3x3 stride-2 Conv2D on 3 input channels" in text

@@ -36,6 +36,7 @@ from tfprune.sensitivity import sensitivity
 from tfprune.thinning import Plan, apply_plan, count_flops, count_params, thin
 from tfprune.thinning import report as thinning_report
 from tfprune.wrapper import PruneLowMagnitude
+from tfprune.xnnpack import xnnpack_report
 
 __version__ = "0.1.0"
 
@@ -80,4 +81,5 @@ __all__ = [
     "thin",
     "thinning_report",
     "update_masks",
+    "xnnpack_report",
 ]

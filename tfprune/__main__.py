@@ -1,7 +1,7 @@
 """The `tfprune` command line (also `python -m tfprune`).
 
     tfprune demo                       prune a small CNN on digits to 90% with AGP
-    tfprune inspect MODEL.keras        sparsity table of a saved model
+    tfprune inspect MODEL.keras        sparsity table of a saved model (--xnnpack: sparse-inference check)
     tfprune schedule polynomial ...    a schedule's sparsity at its pruning steps (and a plot)
     tfprune strip MODEL.keras --out OUT.keras          a plain model: wrappers and gates removed
     tfprune export MODEL.keras --format tflite --out OUT.tflite [--sparse]
@@ -45,6 +45,15 @@ def inspect(args):
     model, code = _load(args.model)
     if model is None:
         return code
+    if args.xnnpack:
+        from tfprune.xnnpack import xnnpack_report
+
+        try:
+            report = xnnpack_report(model)
+        except ValueError as error:  # a subclassed or unbuilt model
+            return _fail(str(error).splitlines()[0])
+        print(report.format(args.format))
+        return 0
     from tfprune import sparsity
 
     print(sparsity.format_table(sparsity.sparsity_table(model, sizes=True), args.format))
@@ -356,6 +365,13 @@ def main(argv=None):
     )
     inspect_parser.add_argument("model", help="a .keras file")
     inspect_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    inspect_parser.add_argument(
+        "--xnnpack",
+        action="store_true",
+        help="instead: whether the model meets XNNPACK's sparse-inference conditions (a 3x3 "
+        "stride-2 stem on 3 channels, 1x1 convs more than 2/3 zeros, a spatial mean at the "
+        "end, only supported ops between) and which layer breaks which",
+    )
     schedule_parser = sub.add_parser(
         "schedule",
         help="a schedule's sparsity at its pruning steps, and a plot",
