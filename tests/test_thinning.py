@@ -8,7 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, only_backends, to_numpy
+from conftest import BACKEND, except_on_jax, only_backends, to_numpy
 from helpers import tflite_predict
 
 import tfprune
@@ -298,6 +298,23 @@ def test_structured_agp_during_fit_masks_exact_counts_and_thins(rng, criterion):
     assert_same_outputs(pruned, small, x)
     assert sizes(small)["stem"] == 8 and sizes(small)["tail"] == 4
     assert binding.structure.size == graph.build(model).size
+
+
+@pytest.mark.parametrize("budget", except_on_jax(["channels", "flops"], keep={"flops"}))
+def test_cross_layer_budgets_with_limits_run_inside_fit(rng, budget):
+    model = zoo()
+    x = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 5, size=16)
+    pruned = tfprune.prune(
+        model, tfprune.ConstantSparsity(0.5, 0, frequency=1), granularity="filter",
+        scope="global", budget=budget, max_sparsity={"stem": 0.25},
+    )  # fmt: skip
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, x)
+    assert sizes(small)["stem"] >= keep_count(16, 0.25)  # the limit held in the compiled step
+    assert tfprune.count_params(small) < tfprune.count_params(model)
 
 
 @graph_logic

@@ -379,7 +379,7 @@ def _forced(binding, scores):
     """Units kept whatever the budget: each group's best, and `max_sparsity`."""
     counts = []
     for _, _, eligible, _, _, high in binding.groups:
-        counts.append(1 if high is None else max(1, masking.keep_count(eligible, high)))
+        counts.append(1 if high is None else masking.keep_count(eligible, high))  # >= 1
     return _per_group_top_k(binding, scores, counts)
 
 
