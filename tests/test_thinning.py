@@ -12,7 +12,7 @@ from conftest import BACKEND, except_on_jax, only_backends, to_numpy
 from helpers import tflite_predict
 
 import tfprune
-from tfprune import graph
+from tfprune import graph, thinning
 from tfprune.masking import keep_count
 
 # The graph and thinning are backend-independent Python and NumPy; JAX (slow to
@@ -413,3 +413,16 @@ def test_nested_models_thin_inside_and_frozen_ones_keep_their_channels(rng):
     small = tfprune.thin(pruned)
     assert small.get_layer("base").get_layer("base_conv").filters == 8
     assert small.get_layer("fc").units == 3
+
+
+@graph_logic
+def test_sizes_leave_out_the_optimizer_state(rng):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64), keras.layers.Dense(2)])
+    untrained = thinning.keras_size(model)[0]
+    model.compile("adam", "mse")
+    x, y = rng.normal(size=(8, 8)), rng.normal(size=(8, 2))
+    model.fit(x, y, verbose=0)
+    # two Adam moments per weight would add about 2 * 4 * 706 bytes; the compile config stays
+    assert untrained <= thinning.keras_size(model)[0] < untrained + 1000
+    model.fit(x, y, verbose=0)  # the optimizer is back in place
+    assert int(to_numpy(model.optimizer.iterations)) == 2

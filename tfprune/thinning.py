@@ -363,10 +363,19 @@ def apply_plan(model, plan):
 
 # ----------------------------------------------------------------- report
 def keras_size(model):
-    """`(raw bytes, gzip bytes)` of the model saved as `.keras`."""
+    """`(raw bytes, gzip bytes)` of the model saved as `.keras`, without its
+    optimizer's state (so a trained model and its thinned copy compare like
+    for like)."""
+    optimizer = getattr(model, "optimizer", None)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
-        model.save(path)
+        try:
+            if optimizer is not None:
+                model.optimizer = None
+            model.save(path)
+        finally:
+            if optimizer is not None:
+                model.optimizer = optimizer
         with open(path, "rb") as f:
             data = f.read()
     return len(data), len(gzip.compress(data))
