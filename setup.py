@@ -31,6 +31,7 @@ setup(
             "nbformat",
             "nbclient",
             "ipykernel",
+            "matplotlib",  # the notebooks and the CLI's plots
             # TFMOT oracle (installed with --no-deps by the Makefile) needs these
             "dm-tree",
             "scipy",

@@ -426,3 +426,19 @@ def test_sizes_leave_out_the_optimizer_state(rng):
     assert untrained <= thinning.keras_size(model)[0] < untrained + 1000
     model.fit(x, y, verbose=0)  # the optimizer is back in place
     assert int(to_numpy(model.optimizer.iterations)) == 2
+
+
+@graph_logic
+def test_a_group_with_every_channel_zero_keeps_one_without_a_warning(rng):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="h"),
+                              keras.layers.Dense(2, name="out")])  # fmt: skip
+    model.get_layer("h").kernel.assign(np.zeros((4, 6), "float32"))  # e.g. every gate closed
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        small, plan = tfprune.thin(model, return_plan=True)
+    assert small.get_layer("h").units == 1
+    assert [note["reason"] for note in plan.kept] == [thinning.KEEPS_ONE]
+    x = rng.normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(to_numpy(small(x)), to_numpy(model(x)), atol=1e-6)

@@ -17,7 +17,7 @@ from tfprune.api import (
 )
 from tfprune.callbacks import PruningSummaries, UpdatePruningStep
 from tfprune.distillation import Distiller, distill
-from tfprune.l0 import L0Gate, add_l0_gates
+from tfprune.l0 import L0Gate, L0Penalty, add_l0_gates, gate_report, strip_gates
 from tfprune.layers import PrunableLayer
 from tfprune.lottery import rewind_weights, snapshot_weights
 from tfprune.oneshot import oneshot
@@ -46,6 +46,7 @@ __all__ = [
     "Criterion",
     "Distiller",
     "L0Gate",
+    "L0Penalty",
     "ExponentialDecay",
     "PolynomialDecay",
     "PrunableLayer",
@@ -66,6 +67,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "distill",
+    "gate_report",
     "hold_sparsity",
     "oneshot",
     "prune",
@@ -77,6 +79,7 @@ __all__ = [
     "sensitivity",
     "rewind_weights",
     "snapshot_weights",
+    "strip_gates",
     "strip_pruning",
     "thin",
     "thinning_report",

@@ -109,6 +109,9 @@ def _values(layer, path):
     return keras.ops.convert_to_numpy(layer_specs.resolve(layer, path))
 
 
+KEEPS_ONE = "the group keeps at least one channel"
+
+
 def removable_units(structure, dead=None):
     """`(remove, kept notes)`: units nothing reads: every weight reading them
     is exactly zero or reads an exactly-zero value (`dead`, see
@@ -156,7 +159,7 @@ def removable_units(structure, dead=None):
                     "reads it through non-zero weights (after a normalization or an activation "
                     "a zero channel can be a non-zero constant)"
                     if u in readers
-                    else "the group keeps at least one channel",
+                    else KEEPS_ONE,
                 }
             )
     return remove, notes
@@ -304,10 +307,11 @@ def thin(model, *, return_plan=False):
     stripped = plain(model)
     structure = graph_lib.build(stripped, strict=False)
     remove, notes = removable_units(structure, zeros.dead_reads(stripped))
-    if notes:
+    read = [note for note in notes if note["reason"] != KEEPS_ONE]  # (not: a group's last one)
+    if read:
         warnings.warn(
-            f"thin kept {len(notes)} channel(s) whose producers are zero but whose readers are "
-            f"not (e.g. group '{notes[0]['group']}': {notes[0]['reason']}); prune with "
+            f"thin kept {len(read)} channel(s) whose producers are zero but whose readers are "
+            f"not (e.g. group '{read[0]['group']}': {read[0]['reason']}); prune with "
             "granularity='filter' on the whole model to mask both. `thin(..., "
             "return_plan=True)` lists them in `plan.kept`.",
             stacklevel=2,
