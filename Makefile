@@ -7,7 +7,7 @@ TFMOT_ORACLE := tf_keras==2.21.0 tensorflow-model-optimization==0.8.1
 KERAS_HUB := keras-hub==0.32.0
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-tf test-jax test-torch install install-test bench lint clean
+.PHONY: demo test test-tf test-jax test-torch bazel-test install install-test bench lint clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ test: $(VENV)/.installed-test
 
 test-tf test-jax test-torch: $(VENV)/.installed-test
 	KERAS_BACKEND=$(subst test-,,$(subst tf,tensorflow,$@)) $(PY) -m pytest -q
+
+# The suite under Bazel (BUILD, WORKSPACE): one target per test file, on
+# TensorFlow, run by the virtual environment's Python; not part of `make test`.
+# Bazel 4 comes from Debian's packages when missing. Other targets or flags:
+# make bazel-test BAZEL_TEST_ARGS="--test_env=KERAS_BACKEND=jax //:test_api"
+BAZEL_TEST_ARGS ?= //...
+
+bazel-test: $(VENV)/.installed-test
+	command -v bazel >/dev/null && test -d /usr/share/bazel/rules/java || \
+		{ apt-get update -q && apt-get install -y -q bazel-bootstrap bazel-rules-java; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" bazel test $(BAZEL_TEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/overhead.py
