@@ -31,10 +31,13 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(PY) -m tfprune demo
 
-# The whole suite, once per backend (separate processes).
+# The whole suite, once per backend (separate processes). The TensorFlow and
+# JAX passes spread over the CPUs (pytest-xdist: 2 workers make them 1.1-1.7x
+# faster on 2 cores); the PyTorch pass is quicker than the workers' start-up.
+XDIST ?= -n auto --maxprocesses 4
 test: $(VENV)/.installed-test
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q $(XDIST)
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(XDIST)
 	KERAS_BACKEND=torch $(PY) -m pytest -q
 
 test-tf test-jax test-torch: $(VENV)/.installed-test
