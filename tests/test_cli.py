@@ -135,7 +135,7 @@ def test_schedule_from_a_config_file(tmp_path, capsys):
         (["schedule", "constant", "--target-sparsity", "0.5", "--begin-step", "0", "--rate", "0.1"],
          "schedule: unknown key 'rate' (allowed: type, target_sparsity, begin_step, end_step, "
          "frequency, begin_epoch, end_epoch, frequency_epochs)"),
-        (["schedule", "--config", "missing.json"], "no such config file: missing.json"),
+        (["schedule", "--config", "missing.json"], "config: no such file: missing.json"),
         (["schedule"], "give a schedule name"),
     ],
 )  # fmt: skip

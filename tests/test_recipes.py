@@ -196,5 +196,5 @@ def test_parse_errors_and_missing_files(tmp_path):
     with pytest.raises(recipes.RecipeError, match=r"^recipe: no such file: .*none.json$"):
         recipes.load(str(tmp_path / "none.json"))
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
-    with pytest.raises(recipes.RecipeError, match=r"^recipe: must be a mapping"):
+    with pytest.raises(recipes.RecipeError, match=r"^recipe: .*list.json does not hold a mapping$"):
         recipes.load(str(tmp_path / "list.json"))

@@ -65,7 +65,7 @@ def _schedule_from(args):
     from tfprune import recipes
 
     if args.config:
-        config = _read_config(args.config)
+        config = recipes.read_mapping(args.config, "config")  # a ValueError if it cannot
         if "class_name" not in config:  # `schedule: NAME` names the type here
             config = dict(config)
             config["type"] = config.pop("schedule", None)
@@ -83,28 +83,6 @@ def _schedule_from(args):
         return recipes.schedule_from_config(config, where=where)
     except recipes.RecipeError as error:
         raise ValueError(str(error).removeprefix("recipe: ")) from None
-
-
-def _read_config(path):
-    """The mapping in a JSON or YAML file."""
-    import json
-
-    if not os.path.isfile(path):
-        raise ValueError(f"no such config file: {path}")
-    with open(path) as f:
-        text = f.read()
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            config = yaml.safe_load(text)
-        else:
-            config = json.loads(text)
-    except Exception as error:
-        raise ValueError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not hold a mapping")
-    return config
 
 
 def _horizon(schedule, steps):

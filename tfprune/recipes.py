@@ -164,10 +164,11 @@ def schedule_from_config(config, steps_per_epoch=None, where="schedule", check_o
         _fail(where, str(error).splitlines()[0])
 
 
-def load(path):
-    """The recipe in a `.yaml`/`.yml` or `.json` file."""
+def read_mapping(path, kind="recipe"):
+    """The mapping in a `.yaml`/`.yml` or `.json` file; a `RecipeError`
+    starting with `kind` when the file is missing, unreadable or not a mapping."""
     if not os.path.isfile(path):
-        raise RecipeError(f"recipe: no such file: {path}")
+        raise RecipeError(f"{kind}: no such file: {path}")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
@@ -178,10 +179,15 @@ def load(path):
         else:
             config = json.loads(text)
     except Exception as error:  # the parser's own message, on one line
-        raise RecipeError(
-            f"recipe: cannot parse {path}: {str(error).splitlines()[0]}"
-        ) from None
-    return Recipe.from_config(config)
+        raise RecipeError(f"{kind}: cannot parse {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"{kind}: {path} does not hold a mapping")
+    return config
+
+
+def load(path):
+    """The recipe in a `.yaml`/`.yml` or `.json` file."""
+    return Recipe.from_config(read_mapping(path))
 
 
 class Recipe:
