@@ -35,7 +35,10 @@ def test_every_shipped_recipe_applies_to_the_digits_cnn():
     ]
     model = demo.build_cnn()
     before = [w.copy() for w in model.get_weights()]
-    applied = {p.name: recipes.load(str(p)).apply(model, steps_per_epoch=45) for p in RECIPES}
+    loaded = {p.name: recipes.load(str(p)) for p in RECIPES}
+    applied = {name: recipe.apply(model, steps_per_epoch=45) for name, recipe in loaded.items()}
+    (window,) = [c for c in loaded["mixed.yaml"].callbacks(45) if hasattr(c, "begin_step")]
+    assert (window.begin_step, window.end_step) == (45, -1)
     # agp_90: every layer, AGP over epochs 0..3 of 45 steps
     agp = _pruners(applied["agp_90.yaml"])
     assert sorted(agp) == ["conv1", "conv2", "dense1", "logits"]
@@ -105,13 +108,21 @@ SCHEDULE = {"type": "constant", "target_sparsity": 0.5, "begin_step": 0, "freque
         ({"regularizers": {"r": {"type": "l2"}}},
          "recipe: regularizers.r: `type` must be one of l1, group_lasso, l0. Received: type='l2'"),
         ({"regularizers": {"r": {"type": "l1", "granularity": "filter"}}},
-         "recipe: regularizers.r: unknown key 'granularity' (allowed: type, strength, layers, proximal)"),
+         "recipe: regularizers.r: unknown key 'granularity' (allowed: type, strength, layers, proximal, "
+         "begin_step, end_step, begin_epoch, end_epoch)"),
         ({"regularizers": {"r": {"type": "group_lasso", "strength": -1}}},
          "recipe: regularizers.r: Argument `strength`"),
         ({"pruners": {"p": {"schedule": SCHEDULE}}, "training": {"epochs": 0}},
          "recipe: training: `epochs` must be a positive integer. Received: epochs=0"),
         ({"pruners": {"p": {"schedule": SCHEDULE}}, "training": {"lr": 0.1}},
          "recipe: training: unknown key 'lr'"),
+        ({"regularizers": {"r": {"type": "l1", "begin_epoch": 2, "end_epoch": 1}}},
+         "recipe: regularizers.r: the window ends before it begins (steps 2 to 1)"),
+        ({"regularizers": {"r": {"type": "l1", "begin_epoch": 1, "begin_step": 3}}},
+         "recipe: regularizers.r: give `begin_epoch` or `begin_step`, not both"),
+        ({"regularizers": {"r": {"type": "l0", "begin_epoch": 1}}},
+         "recipe: regularizers.r: unknown key 'begin_epoch' (allowed: type, strength, "
+         "droprate_init, seed)"),
     ],
 )  # fmt: skip
 def test_bad_recipes_are_refused_with_where_and_why(config, message):
@@ -198,3 +209,24 @@ def test_parse_errors_and_missing_files(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
     with pytest.raises(recipes.RecipeError, match=r"^recipe: .*list.json does not hold a mapping$"):
         recipes.load(str(tmp_path / "list.json"))
+
+
+def test_regularizer_windows_become_callbacks_in_steps():
+    from tfprune.regularizers import RegularizationWindow, SoftThreshold
+
+    recipe = recipes.Recipe.from_config({"regularizers": {
+        "early": {"type": "l1", "strength": 0.1, "layers": ["h1"], "end_epoch": 2},
+        "late": {"type": "group_lasso", "strength": 0.1, "layers": ["h2"], "begin_epoch": 1.5,
+                 "proximal": True},
+        "always": {"type": "l1", "layers": ["out"]},
+    }})  # fmt: skip
+    with pytest.raises(recipes.RecipeError, match="call `apply` before `callbacks`"):
+        recipe.callbacks(10)
+    model = recipe.apply(_model())
+    callbacks = recipe.callbacks(steps_per_epoch=10)
+    windows = [c for c in callbacks if isinstance(c, RegularizationWindow)]
+    assert [(w.begin_step, w.end_step) for w in windows] == [(0, 20), (15, -1)]
+    layers = {layer.name: layer for layer in model.layers}
+    assert windows[0].regularizer is layers["h1"].kernel.regularizer
+    assert windows[1].regularizer is layers["h2"].kernel.regularizer
+    assert isinstance(callbacks[-1], SoftThreshold)  # after the windows

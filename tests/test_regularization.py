@@ -300,3 +300,31 @@ def test_regularize_reaches_layers_at_any_depth(tmp_path):
     model.save(tmp_path / "r.keras")
     loaded = keras.models.load_model(tmp_path / "r.keras")
     assert len(tfprune.regularizers.regularized_variables(loaded)) == len(regularized)
+
+
+@pytest.mark.parametrize("proximal", [True, False])
+def test_a_regularization_window_applies_the_penalty_only_inside_it(proximal):
+    # Zero inputs: the data's gradient on the kernel is 0, so only the penalty moves it,
+    # by lr * strength per step in the window (a proximal step, or an SGD step on λ|w|).
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    kernel = np.array([[0.5, -0.5, 0.002]] * 4, "float32")
+    model.layers[0].kernel.assign(kernel)
+    reg = L1(0.1)
+    tfprune.regularize(model, reg)
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    window = tfprune.regularizers.RegularizationWindow(reg, begin_step=1, end_step=3)
+    callbacks = [window, tfprune.SoftThreshold()] if proximal else [window]
+    model.fit(np.zeros((8, 4)), np.zeros((8, 3)), batch_size=2, epochs=2, verbose=0,
+              shuffle=False, callbacks=callbacks)  # fmt: skip  (8 steps; the window holds 2)
+    after = to_numpy(model.layers[0].kernel)
+    np.testing.assert_allclose(after[:, :2], [[0.498, -0.498]] * 4, rtol=0, atol=1e-6)
+    if proximal:
+        assert (after[:, 2] == 0).all()  # 0.002 - 0.001 = 0.001, then soft-thresholded to 0
+    assert model.layers[0].kernel.regularizer is reg  # attached again after training
+
+
+def test_regularization_window_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"begin_step=3, end_step=3"):
+        tfprune.regularizers.RegularizationWindow(L1(0.1), begin_step=3, end_step=3)
+    with pytest.raises(ValueError, match=r"`begin_step` must be an int >= 0 \(or -1\). Received: begin_step=1.5"):
+        tfprune.regularizers.RegularizationWindow(L1(0.1), begin_step=1.5)

@@ -29,6 +29,8 @@ raises `RecipeError` (a `ValueError`) naming where in the recipe it is.
         granularity: filter
         layers: ["dense.*"]
         proximal: true            # soft thresholding after every update
+        begin_epoch: 1            # its policy: epochs (or steps) 1 up to 3,
+        end_epoch: 3              # end excluded (default: the whole run)
     training:
       epochs: 4
       batch_size: 32
@@ -75,9 +77,11 @@ SCHEDULES = {
 _FLOATS = {"target_sparsity", "initial_sparsity", "final_sparsity", "power", "rate"}
 _IN_EPOCHS = {"begin_epoch": "begin_step", "end_epoch": "end_step", "frequency_epochs": "frequency"}
 
+# A regularizer's policy: the steps (or epochs) it applies in, end excluded.
+WINDOW = ("begin_step", "end_step", "begin_epoch", "end_epoch")
 REGULARIZERS = {
-    "l1": ("strength", "layers", "proximal"),
-    "group_lasso": ("strength", "granularity", "layers", "proximal"),
+    "l1": ("strength", "layers", "proximal", *WINDOW),
+    "group_lasso": ("strength", "granularity", "layers", "proximal", *WINDOW),
     "l0": ("strength", "droprate_init", "seed"),
 }
 TRAINING = ("epochs", "batch_size", "optimizer", "learning_rate", "loss", "metrics")
@@ -194,7 +198,7 @@ class Recipe:
     """A parsed, checked recipe (see the module docstring).
 
     `apply(model, steps_per_epoch)` returns the model set up for training
-    (gated, regularized, wrapped); `callbacks()` the callbacks it needs;
+    (gated, regularized, wrapped); `callbacks(steps_per_epoch)` the callbacks it needs;
     `run(model, x, y)` does all of it, trains, and returns the plain model.
     """
 
@@ -203,6 +207,7 @@ class Recipe:
         self.regularizers = regularizers
         self.training = training
         self.thin = thin
+        self._made = {}  # by `apply`: the regularizer objects attached, by entry name
 
     @classmethod
     def from_config(cls, config):
@@ -230,6 +235,7 @@ class Recipe:
             _known(regularizer, ("type", *REGULARIZERS[kind]), where)
             _patterns(regularizer.get("layers"), where)
             _make_regularizer(regularizer, where)  # checks values
+            _window(regularizer, 1, where)
         l0 = [name for name, r in regularizers.items() if r["type"] == "l0"]
         if len(l0) > 1:
             _fail("regularizers", f"one `l0` entry gates the whole model. Received: {l0}")
@@ -344,20 +350,30 @@ class Recipe:
             model = api.prune(model, schedules[name], layers=names[where], **arguments)
             for wrapper in collect_prunable_layers(model):
                 owners.setdefault(wrapper.layer.name, where)
+        self._made = {}
         for name, entry in self.regularizers.items():
             if entry["type"] != "l0":
                 where = f"regularizers.{name}"
-                regularize(model, _make_regularizer(entry, where), layers=names.get(where))
+                self._made[name] = _make_regularizer(entry, where)
+                regularize(model, self._made[name], layers=names.get(where))
         return model
 
-    def callbacks(self):
-        """The callbacks training by this recipe needs."""
+    def callbacks(self, steps_per_epoch=None):
+        """The callbacks training the model `apply` returned needs: pruning
+        steps, regularizers' windows (`steps_per_epoch` converts epochs), and
+        the proximal steps."""
         from tfprune.callbacks import UpdatePruningStep
-        from tfprune.regularizers import SoftThreshold
+        from tfprune.regularizers import RegularizationWindow, SoftThreshold
 
         found = [UpdatePruningStep()] if self.pruners else []
+        for name, entry in self.regularizers.items():
+            window = _window(entry, steps_per_epoch, f"regularizers.{name}")
+            if window is not None:
+                if name not in self._made:
+                    _fail(f"regularizers.{name}", "call `apply` before `callbacks`")
+                found.append(RegularizationWindow(self._made[name], *window))
         if any(r.get("proximal") for r in self.regularizers.values()):
-            found.append(SoftThreshold())
+            found.append(SoftThreshold())  # after the windows (see RegularizationWindow)
         return found
 
     def _loss(self, model):
@@ -391,7 +407,8 @@ class Recipe:
         self.compile(pruned, like=model)
         history = pruned.fit(
             x, y, batch_size=batch_size, epochs=self.training.get("epochs", 1),
-            validation_data=validation_data, callbacks=self.callbacks(), verbose=verbose,
+            validation_data=validation_data, callbacks=self.callbacks(steps_per_epoch),
+            verbose=verbose,
         )  # fmt: skip
         plain = thinning.thin(pruned) if self.thin else thinning.plain(pruned)
         return plain, history
@@ -410,6 +427,34 @@ def _patterns(patterns, where):
         except re.error as error:
             _fail(f"{where}.layers", f"{pattern!r} is not a regular expression: {error}")
     return patterns
+
+
+def _window(entry, steps_per_epoch, where):
+    """`(begin_step, end_step)` of a regularizer's policy, or None (always)."""
+    if not any(key in entry for key in WINDOW):
+        return None
+    bounds = []
+    for edge, default in (("begin", 0), ("end", -1)):
+        step, epoch = entry.get(f"{edge}_step"), entry.get(f"{edge}_epoch")
+        if step is not None and epoch is not None:
+            _fail(where, f"give `{edge}_epoch` or `{edge}_step`, not both")
+        value = epoch if step is None else step
+        key = f"{edge}_epoch" if step is None else f"{edge}_step"
+        if value is None:
+            bounds.append(default)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            _fail(where, f"`{key}` must be a number >= 0. Received: {key}={value!r}")
+        if step is None:
+            if steps_per_epoch is None:
+                _fail(where, f"`{key}` needs the steps per epoch of a training run")
+            value = value * steps_per_epoch
+        elif value != int(value):
+            _fail(where, f"`{key}` must be a whole number of steps. Received: {key}={value!r}")
+        bounds.append(int(round(value)))
+    if bounds[1] != -1 and bounds[1] <= bounds[0]:
+        _fail(where, f"the window ends before it begins (steps {bounds[0]} to {bounds[1]})")
+    return tuple(bounds)
 
 
 def _tuples(value):

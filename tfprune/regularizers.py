@@ -322,3 +322,84 @@ class SoftThreshold(keras.callbacks.Callback):
             self.masks[variable.path] = ops.convert_to_numpy(regularizer.zero_mask(variable))
         self._installed = []
         self.model.train_function = None  # traced again without the proximal steps
+
+
+class RegularizationWindow(keras.callbacks.Callback):
+    """Applies `regularizer` only from training step `begin_step` up to (not
+    including) `end_step` (-1: to the end), as Distiller's regularizer policies.
+
+    Outside the window the weights it regularizes have no penalty and no
+    proximal step. The compiled step is traced again at the window's edges
+    only; the host counts the steps (no device read per step). With
+    `SoftThreshold`, list this callback before it.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> reg = L1(0.1)
+    >>> _ = regularize(model, reg)
+    >>> model.compile("sgd", "mse")
+    >>> _ = model.fit(np.zeros((8, 4)), np.zeros((8, 3)), batch_size=4, epochs=2, verbose=0,
+    ...               callbacks=[RegularizationWindow(reg, begin_step=2)])
+    >>> model.layers[0].kernel.regularizer is reg   # attached again after training
+    True
+    """
+
+    def __init__(self, regularizer, begin_step=0, end_step=-1):
+        super().__init__()
+        for name, value in (("begin_step", begin_step), ("end_step", end_step)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ValueError(f"Argument `{name}` must be an int >= 0 (or -1). Received: {name}={value!r}")
+        if begin_step < 0 or (end_step != -1 and end_step <= begin_step):
+            raise ValueError(
+                "Arguments `begin_step` and `end_step` must satisfy 0 <= begin_step < end_step "
+                f"(or end_step=-1). Received: begin_step={begin_step}, end_step={end_step}"
+            )
+        self.regularizer = regularizer
+        self.begin_step = begin_step
+        self.end_step = end_step
+        self._saved = None
+
+    def _ours(self, value):
+        if isinstance(value, ReportedOnly):
+            value = value.regularizer
+        return value is self.regularizer
+
+    def on_train_begin(self, logs=None):
+        self._start = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._done = self._base = 0
+        self._saved = None  # taken at the first batch, after SoftThreshold has installed
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self._start + self._base + batch
+        active = step >= self.begin_step and (self.end_step == -1 or step < self.end_step)
+        if self._saved is None:
+            self._saved = [
+                (v, v.regularizer, v.constraint)
+                for v in self.model.trainable_variables
+                if self._ours(getattr(v, "regularizer", None))
+            ]
+            self._active = True
+        if active != self._active:
+            self._switch(active)
+            self.model.train_function = None  # the step reads losses and constraints when traced
+            self.model.make_train_function()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._done = self._base + batch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._base = self._done
+
+    def _switch(self, active):
+        for variable, regularizer, constraint in self._saved:
+            if active:
+                variable.regularizer, variable.constraint = regularizer, constraint
+            else:
+                variable.regularizer = None
+                if isinstance(constraint, _ProximalStep):
+                    variable.constraint = constraint.inner
+        self._active = active
+
+    def on_train_end(self, logs=None):
+        if self._saved is not None and not self._active:
+            self._switch(True)
