@@ -94,6 +94,9 @@ SCHEDULE = {"type": "constant", "target_sparsity": 0.5, "begin_step": 0, "freque
         ({"pruners": {"p": {"schedule": SCHEDULE, "sparsity_m_n": [2, 4]}}},
          "recipe: pruners.p: unknown key 'sparsity_m_n' (allowed: layers, schedule, criterion,"),
         ({"pruners": {"p": {"criterion": "magnitude"}}}, "recipe: pruners.p: needs a `schedule`"),
+        ({"pruners": {"a": {"schedule": SCHEDULE}, "b": {"schedule": SCHEDULE}}},
+         "recipe: pruners: only one pruner may leave out `layers` (it takes the layers the others "
+         "do not name). Received: ['a', 'b']"),
         ({"pruners": {"p": {"schedule": {**SCHEDULE, "type": "cosine"}}}},
          "recipe: pruners.p.schedule: `type` must be one of constant, polynomial, exponential, "
          "agp. Received: type='cosine'"),

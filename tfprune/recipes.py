@@ -227,6 +227,13 @@ class Recipe:
                 _fail(where, "needs a `schedule`")
             _patterns(pruner.get("layers"), where)
             schedule_from_config(pruner["schedule"], None, f"{where}.schedule", check_only=True)
+        open_ended = [name for name, p in pruners.items() if p.get("layers") is None]
+        if len(open_ended) > 1:
+            _fail(
+                "pruners",
+                "only one pruner may leave out `layers` (it takes the layers the others do not "
+                f"name). Received: {open_ended}",
+            )
         for name, regularizer in regularizers.items():
             where = f"regularizers.{name}"
             kind = _mapping(regularizer, where).get("type")
