@@ -195,7 +195,7 @@ def test_einsum_dense_features_follow_the_equation():
     view = features.view_of(out)
     assert (view.features, view.outputs) == (8, 6)
     kernel = to_numpy(out.kernel)
-    np.testing.assert_array_equal(view.from_matrix(view.to_matrix(kernel)), kernel)
+    np.testing.assert_array_equal(view.kernel_of(view.to_matrix(kernel)), kernel)
     x = np.random.default_rng(0).normal(size=(3, 5, 2, 4)).astype("float32")
     np.testing.assert_allclose(
         to_numpy(view.to_rows(x)) @ view.to_matrix(kernel),
@@ -368,3 +368,86 @@ def test_recovery_fine_tuning_with_distillation_keeps_the_masks():
         tfprune.distill(student, teacher, alpha=2)
     with pytest.raises(ValueError, match="temperature=0"):
         tfprune.distill(student, teacher, temperature=0)
+
+
+MODEL_PARALLEL = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["KERAS_BACKEND"] = "jax"
+import keras, numpy as np
+import tfprune
+
+def build():
+    x = keras.Input((16,))
+    h = keras.layers.Dense(32, activation="relu", name="d1")(x)
+    h = keras.layers.Dense(32, activation="relu", name="d2")(h)
+    return keras.Model(x, keras.layers.Dense(8, name="out")(h))
+
+rng = np.random.default_rng(0)
+x = (rng.normal(size=(256, 16)) * np.linspace(0.1, 3.0, 16)).astype("float32")
+keras.utils.set_random_seed(0)
+single = build()
+weights = single.get_weights()
+mesh = keras.distribution.DeviceMesh((1, 2), ("batch", "model"), keras.distribution.list_devices())
+layout = keras.distribution.LayoutMap(mesh)
+layout["d.*kernel"] = (None, "model")  # outputs split over the two devices
+layout["out.*kernel"] = ("model", None)  # inputs split
+from tfprune import backend
+pieces = []  # layers pruned piece by piece, where their pieces live
+update_by_shard = backend.update_by_shard
+def spy(variable, axes, update):
+    done = update_by_shard(variable, axes, update)
+    if done:
+        pieces.append(variable.path.split("/")[-2])
+    return done
+backend.update_by_shard = spy
+results = {}
+for method, m_by_n in [("magnitude", None), ("wanda", None), ("sparsegpt", None), ("sparsegpt", (2, 4))]:
+    keras.distribution.set_distribution(None)
+    ref = tfprune.oneshot(single, x, sparsity=0.5, method=method, sparsity_m_by_n=m_by_n, verbose=0)
+    keras.distribution.set_distribution(
+        keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
+    laid_out = build()
+    laid_out.set_weights(weights)
+    pieces.clear()
+    pruned = tfprune.oneshot(laid_out, x, sparsity=0.5, method=method, sparsity_m_by_n=m_by_n,
+                             verbose=0)
+    rows = [sorted(pieces)]
+    for name in ("d1", "d2", "out"):
+        a = keras.ops.convert_to_numpy(ref.get_layer(name).kernel)
+        value = pruned.get_layer(name).kernel.value
+        b = np.asarray(value)
+        rows.append([name, bool(np.array_equal(a == 0, b == 0)), float(np.mean(b == 0)),
+                     float(np.abs(a - b).max()), list(value.sharding.spec),
+                     len(value.sharding.device_set)])
+    results[f"{method}{m_by_n or ''}"] = rows
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="ModelParallel of the JAX backend")
+def test_model_parallel_run_gives_the_single_device_masks(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "model_parallel.py"
+    script.write_text(MODEL_PARALLEL)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(results) == {"magnitude", "wanda", "sparsegpt", "sparsegpt(2, 4)"}
+    # Wanda and N:M decide each output alone: kernels split along their outputs are pruned
+    # piece by piece on their devices; the rest (split along inputs, or ranked across
+    # outputs) are read whole.
+    pieces = {key: rows.pop(0) for key, rows in results.items()}
+    assert pieces == {"magnitude": [], "wanda": ["d1", "d2"], "sparsegpt": [],
+                      "sparsegpt(2, 4)": ["d1", "d2"]}  # fmt: skip
+    for rows in results.values():
+        for name, same_mask, sparsity, difference, spec, devices in rows:
+            assert same_mask and sparsity == 0.5, (name, rows)
+            assert difference < 1e-5  # the kept values: float32 sums in another order at most
+            assert devices == 2 and spec == ([None, "model"] if name != "out" else ["model", None])

@@ -170,3 +170,38 @@ def compiled_updates(compute, reads, targets):
 
     values = jax.jit(pure)([v.value for v in reads])
     return list(zip(targets, values))
+
+
+def update_by_shard(variable, axes, update):
+    """Replaces each device's piece of `variable` by `update(piece)` (NumPy,
+    same shape) where it is a JAX array laid out over several devices and
+    split along `axes` only; returns False (nothing done) otherwise.
+
+    Each piece is read from, and written back to, its own device: the whole
+    value is never put together in one place.
+    """
+    if name() != "jax":
+        return False
+    value = variable.value
+    sharding = getattr(value, "sharding", None)
+    if sharding is None or len(sharding.device_set) < 2:
+        return False
+    shards = value.addressable_shards
+    if len(shards) != len(sharding.device_set):
+        return False  # pieces on other hosts
+    whole = [slice(None)] * len(value.shape)
+    for shard in shards:
+        for axis, part in enumerate(shard.index):
+            if axis not in axes and part != whole[axis]:
+                return False
+    import jax
+    import numpy as np
+
+    done, pieces = {}, []
+    for shard in shards:
+        key = tuple((part.start, part.stop) for part in shard.index)
+        if key not in done:  # replicas of a piece are computed once
+            done[key] = update(np.asarray(shard.data))
+        pieces.append(jax.device_put(done[key], shard.device))
+    variable.assign(jax.make_array_from_single_device_arrays(value.shape, sharding, pieces))
+    return True

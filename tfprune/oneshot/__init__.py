@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import cloning
+from tfprune import backend, cloning
 from tfprune.oneshot import calibration, features, methods
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -149,16 +149,26 @@ def _groups_by_input(order):
 
 
 def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_size):
-    kernel = view.layer.kernel
-    W = view.to_matrix(np.asarray(ops.convert_to_numpy(kernel)))
     width = view.group_width
-    if method == "magnitude":
-        new = methods.magnitude(W, sparsity, m_by_n, width)
-    elif method == "wanda":
-        new = methods.wanda(W, gram, sparsity, m_by_n, width)
-    else:
-        new = methods.sparsegpt(W, gram, rows, sparsity, m_by_n, width, dampening, block_size)
-    kernel.assign(view.from_matrix(new).astype(np.asarray(W).dtype))
+
+    def prune(W):
+        if method == "magnitude":
+            return methods.magnitude(W, sparsity, m_by_n, width)
+        if method == "wanda":
+            return methods.wanda(W, gram, sparsity, m_by_n, width)
+        return methods.sparsegpt(W, gram, rows, sparsity, m_by_n, width, dampening, block_size)
+
+    def prune_piece(piece):
+        return view.kernel_of(prune(view.to_matrix(piece)), piece.shape).astype(piece.dtype)
+
+    kernel = view.layer.kernel
+    # Wanda and N:M patterns decide each output unit alone: a kernel laid out
+    # over devices along its outputs is pruned piece by piece where it lives.
+    if (method == "wanda" or m_by_n) and backend.update_by_shard(
+        kernel, view.output_axes, prune_piece
+    ):
+        return
+    kernel.assign(prune_piece(np.asarray(ops.convert_to_numpy(kernel))))
 
 
 def _check(sparsity, method, m_by_n, dampening, block_size):

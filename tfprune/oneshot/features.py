@@ -36,10 +36,15 @@ class LayerView:
     outputs: int
     to_rows: object  # inputs -> X (n, features)
     to_matrix: object  # kernel value (NumPy) -> W (features, outputs)
-    from_matrix: object  # W -> kernel value
+    from_matrix: object  # (W, kernel shape) -> kernel value
     group_width: int  # input channels per kernel position (N:M groups restart there)
     in_axis: int
     out_axis: int
+    output_axes: tuple = ()  # the kernel axes W's columns come from
+
+    def kernel_of(self, W, shape=None):
+        """The kernel value of matrix `W` (of a slice of `shape` along the output axes)."""
+        return self.from_matrix(W, tuple(self.layer.kernel.shape) if shape is None else shape)
 
 
 def supported(layer):
@@ -60,7 +65,7 @@ def view_of(layer):
         return LayerView(
             layer, shape[0], shape[1],
             lambda x: ops.reshape(ops.cast(x, "float32"), (-1, shape[0])),
-            lambda k: k, lambda w: w, shape[0], 0, 1,
+            lambda k: k, lambda w, _: w, shape[0], 0, 1, (1,),
         )  # fmt: skip
     if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) and not isinstance(
         layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
@@ -94,8 +99,8 @@ def _conv_view(layer):
 
     return LayerView(
         layer, features, shape[-1], to_rows,
-        lambda k: k.reshape(features, shape[-1]), lambda w: w.reshape(shape),
-        shape[-2], -2, -1,
+        lambda k: k.reshape(features, -1), lambda w, like: w.reshape(like),
+        shape[-2], -2, -1, (len(shape) - 1,),
     )  # fmt: skip
 
 
@@ -130,14 +135,14 @@ def _einsum_view(layer):
         return ops.reshape(x, (-1, features))
 
     def to_matrix(k):
-        return np.transpose(k, permutation).reshape(features, outputs)
+        return np.transpose(k, permutation).reshape(features, -1)
 
-    def from_matrix(w):
-        return np.transpose(w.reshape([shape[i] for i in permutation]), inverse)
+    def from_matrix(w, like):
+        return np.transpose(w.reshape([like[i] for i in permutation]), inverse)
 
     in_axis = kernel_in[-1]
     out_axis = kernel_rest[-1] if kernel_rest else in_axis
     return LayerView(
         layer, features, outputs, to_rows, to_matrix, from_matrix, shape[in_axis],
-        in_axis, out_axis,
+        in_axis, out_axis, tuple(kernel_rest),
     )  # fmt: skip
