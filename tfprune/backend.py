@@ -172,36 +172,40 @@ def compiled_updates(compute, reads, targets):
     return list(zip(targets, values))
 
 
-def update_by_shard(variable, axes, update):
-    """Replaces each device's piece of `variable` by `update(piece)` (NumPy,
-    same shape) where it is a JAX array laid out over several devices and
-    split along `axes` only; returns False (nothing done) otherwise.
+def pieces_by_device(variable, axes):
+    """The pieces of `variable` where it is a JAX array laid out over several
+    devices and split along `axes` only: `(indices, pieces, put)`, the NumPy
+    pieces (one per distinct index, replicas once) and `put(new_pieces)`,
+    which writes new values back to each piece's devices. None otherwise.
 
-    Each piece is read from, and written back to, its own device: the whole
+    Each piece is read from, and written back to, its own devices: the whole
     value is never put together in one place.
     """
     if name() != "jax":
-        return False
+        return None
     value = variable.value
     sharding = getattr(value, "sharding", None)
     if sharding is None or len(sharding.device_set) < 2:
-        return False
+        return None
     shards = value.addressable_shards
     if len(shards) != len(sharding.device_set):
-        return False  # pieces on other hosts
-    whole = [slice(None)] * len(value.shape)
+        return None  # pieces on other hosts
     for shard in shards:
         for axis, part in enumerate(shard.index):
-            if axis not in axes and part != whole[axis]:
-                return False
+            if axis not in axes and part != slice(None):
+                return None
     import jax
     import numpy as np
 
-    done, pieces = {}, []
-    for shard in shards:
-        key = tuple((part.start, part.stop) for part in shard.index)
-        if key not in done:  # replicas of a piece are computed once
-            done[key] = update(np.asarray(shard.data))
-        pieces.append(jax.device_put(done[key], shard.device))
-    variable.assign(jax.make_array_from_single_device_arrays(value.shape, sharding, pieces))
-    return True
+    keys = [tuple((part.start, part.stop) for part in shard.index) for shard in shards]
+    distinct = list(dict.fromkeys(keys))
+    first = {key: shard for key, shard in zip(reversed(keys), reversed(shards))}
+    indices = [first[key].index for key in distinct]
+    pieces = [np.asarray(first[key].data) for key in distinct]
+
+    def put(new_pieces):
+        by_key = dict(zip(distinct, new_pieces))
+        arrays = [jax.device_put(by_key[key], shard.device) for key, shard in zip(keys, shards)]
+        variable.assign(jax.make_array_from_single_device_arrays(value.shape, sharding, arrays))
+
+    return indices, pieces, put

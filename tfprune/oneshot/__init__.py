@@ -150,25 +150,27 @@ def _groups_by_input(order):
 
 def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_size):
     width = view.group_width
-
-    def prune(W):
-        if method == "magnitude":
-            return methods.magnitude(W, sparsity, m_by_n, width)
-        if method == "wanda":
-            return methods.wanda(W, gram, sparsity, m_by_n, width)
-        return methods.sparsegpt(W, gram, rows, sparsity, m_by_n, width, dampening, block_size)
-
-    def prune_piece(piece):
-        return view.kernel_of(prune(view.to_matrix(piece)), piece.shape).astype(piece.dtype)
-
     kernel = view.layer.kernel
-    # Wanda and N:M patterns decide each output unit alone: a kernel laid out
-    # over devices along its outputs is pruned piece by piece where it lives.
-    if (method == "wanda" or m_by_n) and backend.update_by_shard(
-        kernel, view.output_axes, prune_piece
-    ):
-        return
-    kernel.assign(prune_piece(np.asarray(ops.convert_to_numpy(kernel))))
+    laid_out = backend.pieces_by_device(kernel, view.output_axes)
+    if laid_out is None:  # one piece: the whole kernel
+        shape = tuple(kernel.shape)
+        laid_out = ([tuple(slice(None) for _ in shape)], [np.asarray(ops.convert_to_numpy(kernel))],
+                    lambda new: kernel.assign(new[0]))  # fmt: skip
+    indices, pieces, put = laid_out
+    # A kernel laid out over devices along its outputs is pruned piece by
+    # piece where each piece lives; only scores' counts cross pieces.
+    matrices = [(view.to_matrix(p), view.columns(index)) for p, index in zip(pieces, indices)]
+    if method == "wanda":
+        new = [methods.wanda(W, gram, sparsity, m_by_n, width) for W, _ in matrices]
+    elif method == "magnitude" and m_by_n:
+        new = [methods.magnitude(W, sparsity, m_by_n, width) for W, _ in matrices]
+    elif method == "magnitude":
+        new = methods.magnitude_in_pieces(matrices, view.outputs, sparsity)
+    else:
+        new = methods.sparsegpt_in_pieces(
+            matrices, gram, rows, sparsity, m_by_n, width, dampening, block_size
+        )
+    put([view.kernel_of(W, p.shape).astype(p.dtype) for W, p in zip(new, pieces)])
 
 
 def _check(sparsity, method, m_by_n, dampening, block_size):

@@ -42,6 +42,13 @@ class LayerView:
     out_axis: int
     output_axes: tuple = ()  # the kernel axes W's columns come from
 
+    def columns(self, index):
+        """The columns of `W` a piece of the kernel (`index`: a slice per axis,
+        splitting only the output axes) holds, as indices into the whole `W`."""
+        shape = tuple(self.layer.kernel.shape)
+        ids = np.arange(self.outputs).reshape([shape[a] for a in self.output_axes])
+        return ids[tuple(index[a] for a in self.output_axes)].ravel()
+
     def kernel_of(self, W, shape=None):
         """The kernel value of matrix `W` (of a slice of `shape` along the output axes)."""
         return self.from_matrix(W, tuple(self.layer.kernel.shape) if shape is None else shape)

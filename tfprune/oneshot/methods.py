@@ -48,6 +48,50 @@ def lowest(scores, count):
     return mask.reshape(scores.shape)
 
 
+def _smallest_reaching(low, high, count_at, count):
+    """The smallest integer `v` in `[low, high]` with `count_at(v) >= count`."""
+    while low < high:
+        middle = (low + high) // 2
+        if count_at(middle) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def lowest_in_pieces(pieces, count):
+    """`lowest` over pieces of one array, without putting them together.
+
+    `pieces` are `(scores, positions)`: non-negative scores and each one's
+    position in the whole array. The `count`-th lowest score `t` is found by
+    bisection on its bit pattern, counting each piece alone; then the ties at
+    `t` go lowest position first, found the same way. Returns a mask per
+    piece, equal to the pieces of `lowest` of the whole.
+    """
+    scores = [np.asarray(s, np.float64).ravel() for s, _ in pieces]
+    positions = [np.asarray(p, np.int64).ravel() for _, p in pieces]
+    masks = [np.zeros(s.size, bool) for s in scores]
+    if count > 0:
+        ordered = [np.sort(s) for s in scores]
+
+        def at_most(bits):  # elements scoring <= the float64 of `bits`
+            value = np.int64(bits).view(np.float64)
+            return sum(int(np.searchsorted(o, value, side="right")) for o in ordered)
+
+        top = max(int(o[-1:].view(np.int64)[0]) for o in ordered if o.size)
+        t = np.int64(_smallest_reaching(0, top, at_most, count)).view(np.float64)
+        below = [s < t for s in scores]
+        ties = [np.sort(p[s == t]) for s, p in zip(scores, positions)]
+        needed = count - sum(int(b.sum()) for b in below)
+
+        def ties_up_to(position):
+            return sum(int(np.searchsorted(tie, position, side="right")) for tie in ties)
+
+        last = _smallest_reaching(0, max(int(t[-1]) for t in ties if t.size), ties_up_to, needed)
+        masks = [b | ((s == t) & (p <= last)) for b, s, p in zip(below, scores, positions)]
+    return [m.reshape(np.shape(s)) for m, (s, _) in zip(masks, pieces)]
+
+
 def groups(features, width, n):
     """`(start, length)` of the N:M groups along the features.
 
@@ -83,6 +127,19 @@ def magnitude(W, sparsity, m_by_n=None, width=None):
     return np.where(mask, 0.0, W).astype(W.dtype)
 
 
+def magnitude_in_pieces(pieces, outputs, sparsity):
+    """`magnitude` of a layer whose columns come in pieces `(W, column ids)`,
+    `outputs` columns in all."""
+    features = pieces[0][0].shape[0]
+    size = features * outputs
+    found = [
+        (np.abs(W), np.arange(features)[:, None] * outputs + np.asarray(columns)[None, :])
+        for W, columns in pieces
+    ]
+    masks = lowest_in_pieces(found, size - keep_count(size, sparsity))
+    return [np.where(m, 0.0, W).astype(W.dtype) for m, (W, _) in zip(masks, pieces)]
+
+
 def wanda(W, G, sparsity, m_by_n=None, width=None):
     """`|W_ij| * ||X_i||_2`, pruned within each output unit (column)."""
     norms = np.sqrt(np.maximum(np.diag(G), 0.0))
@@ -113,42 +170,61 @@ def _blocks(features, block_size, m_by_n, width):
 
 def sparsegpt(W, G, n, sparsity, m_by_n=None, width=None, dampening=0.01, block_size=128):
     """SparseGPT's pruning with OBS reconstruction (see the module)."""
-    Wt = np.array(W, dtype=np.float64).T  # (outputs, features): rows are outputs
+    pieces = [(W, np.arange(np.shape(W)[1]))]
+    return sparsegpt_in_pieces(pieces, G, n, sparsity, m_by_n, width, dampening, block_size)[0]
+
+
+def sparsegpt_in_pieces(
+    pieces, G, n, sparsity, m_by_n=None, width=None, dampening=0.01, block_size=128
+):  # fmt: skip
+    """`sparsegpt` of a layer whose columns (outputs) come in pieces
+    `(W, column ids)`: every output is reconstructed alone, and a block's
+    mask is chosen across all of them with `lowest_in_pieces`."""
     H = 2.0 * np.asarray(G, dtype=np.float64) / max(n, 1)
     features = H.shape[0]
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
-    Wt[:, dead] = 0.0
     H[np.diag_indices(features)] += dampening * np.mean(np.diag(H))
     U = np.linalg.cholesky(np.linalg.inv(H)).T  # H^-1 = U^T U
     width = width or features
     group_at = {start: length for start, length in groups(features, width, m_by_n[1])} if m_by_n else {}
+    Wts = []  # per piece, (outputs, features): rows are outputs
+    for W, _ in pieces:
+        Wt = np.array(W, dtype=np.float64).T
+        Wt[:, dead] = 0.0
+        Wts.append(Wt)
     for start, end in _blocks(features, block_size, m_by_n, width):
-        W1 = Wt[:, start:end].copy()
         U1 = U[start:end, start:end]
-        Q1 = np.zeros_like(W1)
-        Err1 = np.zeros_like(W1)
         d = np.diag(U1)
+        W1s = [Wt[:, start:end].copy() for Wt in Wts]
         if m_by_n:
-            pruned = np.zeros(W1.shape, bool)
+            pruned = [np.zeros(W1.shape, bool) for W1 in W1s]
         else:
-            scores = W1**2 / d[None, :] ** 2
-            pruned = lowest(scores, W1.size - keep_count(W1.size, sparsity))
-        for i in range(end - start):
-            if m_by_n and (start + i) in group_at:
-                length = group_at[start + i]
-                m, n_ = m_by_n
-                count = max(0, length - (n_ - m))
-                if count:
-                    scores = W1[:, i : i + length] ** 2 / d[None, i : i + length] ** 2
-                    order = np.argsort(scores, axis=1, kind="stable")[:, :count]
-                    np.put_along_axis(pruned[:, i : i + length], order, True, axis=1)
-            w = W1[:, i]
-            q = np.where(pruned[:, i], 0.0, w)
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            Err1[:, i] = err
-        Wt[:, start:end] = Q1
-        Wt[:, end:] -= Err1 @ U[start:end, end:]
-    return Wt.T.astype(np.asarray(W).dtype)
+            size = (end - start) * sum(W1.shape[0] for W1 in W1s)
+            found = [
+                (W1**2 / d[None, :] ** 2, np.asarray(columns)[:, None] * (end - start)
+                 + np.arange(end - start)[None, :])
+                for W1, (_, columns) in zip(W1s, pieces)
+            ]  # fmt: skip
+            pruned = lowest_in_pieces(found, size - keep_count(size, sparsity))
+        for Wt, W1, mask in zip(Wts, W1s, pruned):
+            Q1 = np.zeros_like(W1)
+            Err1 = np.zeros_like(W1)
+            for i in range(end - start):
+                if m_by_n and (start + i) in group_at:
+                    length = group_at[start + i]
+                    m, n_ = m_by_n
+                    count = max(0, length - (n_ - m))
+                    if count:
+                        scores = W1[:, i : i + length] ** 2 / d[None, i : i + length] ** 2
+                        order = np.argsort(scores, axis=1, kind="stable")[:, :count]
+                        np.put_along_axis(mask[:, i : i + length], order, True, axis=1)
+                w = W1[:, i]
+                q = np.where(mask[:, i], 0.0, w)
+                Q1[:, i] = q
+                err = (w - q) / d[i]
+                W1[:, i:] -= np.outer(err, U1[i, i:])
+                Err1[:, i] = err
+            Wt[:, start:end] = Q1
+            Wt[:, end:] -= Err1 @ U[start:end, end:]
+    return [Wt.T.astype(np.asarray(W).dtype) for Wt, (W, _) in zip(Wts, pieces)]
