@@ -19,7 +19,12 @@ SCHEDULE_TYPES = ("agp", "constant", "exponential", "polynomial")
 
 
 def _quiet():
+    import logging
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tf.function's retracing notes (a model per layer or group in `sensitivity`) are not
+    # the user's concern here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _fail(message):
