@@ -8,7 +8,11 @@ Measures, for tfprune (Keras 3; TensorFlow backend by default) and for TFMOT
   94 steps per epoch);
 - (b) a small CNN (Conv 32 - Conv 64 - MaxPool - Dense 128 - Dense 10) on
   scikit-learn's `load_digits` (1797 images 8x8x1, batch 32, 57 steps per
-  epoch; random images of the same shape if scikit-learn is missing).
+  epoch; random images of the same shape if scikit-learn is missing);
+- (c) with `--models mobilenetv2,resnet50,transformer`: `keras.applications`
+  MobileNetV2 (96x96, batch 8) and ResNet50 (64x64, batch 8), `weights=None`,
+  on random images, and a one-block transformer classifier (length 64,
+  embedding 128, 4 heads) on random tokens; one epoch per slot.
 
 Each model is trained dense and pruned with `ConstantSparsity(0.9,
 begin_step=0, frequency=f)` for f = 1 (mask update at every step) and f = 100.
@@ -61,8 +65,23 @@ TARGETS = {1: 1.5, 100: 1.05}
 
 
 # --------------------------------------------------------------------- worker
+# Real models (keras.applications, weights=None) on small synthetic inputs:
+# (input shape, samples, batch). The transformer classifier reads token ids.
+IMAGES = {"mobilenetv2": ((96, 96, 3), 64, 8), "resnet50": ((64, 64, 3), 32, 8)}
+TOKENS = (64, 2000, 256, 32)  # sequence length, vocabulary, samples, batch
+
+
 def _data(model_name, quick, np):
     rng = np.random.default_rng(0)
+    if model_name in IMAGES:
+        shape, n, batch = IMAGES[model_name]
+        x = rng.random((n // 2 if quick else n, *shape)).astype("float32")
+        return x, rng.integers(0, 10, len(x)).astype("int32"), batch, f"random {shape} images"
+    if model_name == "transformer":
+        length, vocab, n, batch = TOKENS
+        x = rng.integers(1, vocab, (n // 2 if quick else n, length)).astype("int32")
+        y = (x[:, 0] % 10).astype("int32")  # learnable from the first token
+        return x, y, batch, f"random token ids, length {length}"
     if model_name == "mlp":
         n = 2560 if quick else 12000
         x = rng.standard_normal((n, 784)).astype("float32")
@@ -85,6 +104,19 @@ def _data(model_name, quick, np):
 
 def _model(keras, model_name):
     L = keras.layers
+    if model_name == "mobilenetv2":
+        return keras.applications.MobileNetV2(input_shape=IMAGES[model_name][0], weights=None, classes=10)
+    if model_name == "resnet50":
+        return keras.applications.ResNet50(input_shape=IMAGES[model_name][0], weights=None, classes=10)
+    if model_name == "transformer":  # one encoder block, 4 heads of 32
+        length, vocab, _, _ = TOKENS
+        tokens = keras.Input((length,), dtype="int32")
+        h = L.Embedding(vocab, 128)(tokens)
+        a = L.MultiHeadAttention(4, 32)(h, h)
+        h = L.LayerNormalization()(h + a)
+        f = L.Dense(128)(L.Dense(512, activation="relu")(h))
+        h = L.LayerNormalization()(h + f)
+        return keras.Model(tokens, L.Dense(10)(L.GlobalAveragePooling1D()(h)))
     if model_name == "mlp":
         return keras.Sequential(
             [
@@ -240,7 +272,9 @@ def main():
         "--reference", default=None,
         help="git ref of tfprune to time beside this checkout (e.g. a commit before a change)",
     )  # fmt: skip
-    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument(
+        "--models", default="mlp,cnn", help="of mlp, cnn, mobilenetv2, resnet50, transformer"
+    )
     parser.add_argument(
         "--threads", type=int, default=1,
         help="CPU threads per worker (default 1; 0 = library defaults)",
@@ -256,7 +290,10 @@ def main():
         "quick": args.quick,
         "models": models,
         "ablate": args.ablate,
-        "epochs_per_slot": {"mlp": 1, "cnn": 1 if args.quick else 2},
+        "epochs_per_slot": {
+            "mlp": 1, "cnn": 1 if args.quick else 2, "mobilenetv2": 1, "resnet50": 1,
+            "transformer": 1,
+        },  # fmt: skip
         "threads": args.threads or None,
     }
 
