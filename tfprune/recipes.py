@@ -334,9 +334,7 @@ class Recipe:
         if not self.pruners and not any(r["type"] == "l0" for r in self.regularizers.values()):
             if not cloning.is_graph_model(model):
                 _fail("regularizers", "without pruners a recipe needs a Sequential or Functional model")
-            copy = keras.models.clone_model(model)
-            copy.set_weights(model.get_weights())
-            model = copy
+            model = cloning.copy_model(model, lambda copy, layer: copy)  # weights included
         for entry in self.regularizers.values():
             if entry["type"] == "l0":
                 model = add_l0_gates(
