@@ -198,8 +198,10 @@ def pieces_by_device(variable, axes):
     import numpy as np
 
     keys = [tuple((part.start, part.stop) for part in shard.index) for shard in shards]
-    distinct = list(dict.fromkeys(keys))
-    first = {key: shard for key, shard in zip(reversed(keys), reversed(shards))}
+    first = {}  # one shard per distinct piece (replicas are read once)
+    for key, shard in zip(keys, shards):
+        first.setdefault(key, shard)
+    distinct = list(first)
     indices = [first[key].index for key in distinct]
     pieces = [np.asarray(first[key].data) for key in distinct]
 
