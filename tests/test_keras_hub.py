@@ -205,3 +205,34 @@ def test_head_granularity_on_a_bert_backbone():
         bias = [to_numpy(m) for (_, m, _), s in zip(block.pruning_vars, block._specs)
                 if s.path.endswith("_query_dense.bias")][0]
         assert bias.all(axis=1).tolist().count(True) == 1  # 1 of 2 heads kept
+
+
+@SAME_PATH_ON_JAX
+def test_a_recipe_names_a_backbones_blocks():
+    from tfprune import recipes
+
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=16,
+    )  # fmt: skip
+    schedule = {"type": "constant", "target_sparsity": 0.5, "begin_step": 0, "frequency": 1}
+    one = recipes.Recipe.from_config(
+        {"pruners": {"blocks": {"layers": ["transformer_layer_\\d"], "schedule": schedule}}}
+    )
+    pruned = one.apply(backbone, steps_per_epoch=10)
+    assert sorted(w.layer.name for w in wrappers(pruned)) == ["transformer_layer_0",
+                                                              "transformer_layer_1"]  # fmt: skip
+    two = recipes.Recipe.from_config({"pruners": {
+        "first": {"layers": ["transformer_layer_0"], "schedule": schedule},
+        "second": {"layers": ["transformer_layer_1"], "schedule": schedule},
+    }})  # fmt: skip
+    with pytest.raises(recipes.RecipeError, match=r"^recipe: pruners.second: pruning model "
+                       rf"'{backbone.name}' \(GPT2Backbone\) again dropped the wrappers of "
+                       r"pruners.first \(layer 'transformer_layer_0'\)"):  # fmt: skip
+        two.apply(backbone, steps_per_epoch=10)
+    with pytest.raises(recipes.RecipeError, match=r"'query' matches no layer with prunable "
+                       r"weights \(they are: token_embedding, transformer_layer_0, "):  # fmt: skip
+        recipes.Recipe.from_config(
+            {"pruners": {"q": {"layers": ["query"], "schedule": schedule}}}
+        ).apply(backbone)

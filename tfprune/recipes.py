@@ -12,8 +12,11 @@ raises `RecipeError` (a `ValueError`) naming where in the recipe it is.
     pruners:
       convs:                      # any name
         layers: ["conv.*"]        # regular expressions, matched in full against
-                                  # layer names (default: every layer no other
-                                  # pruner names)
+                                  # the names of the layers tfprune.prune wraps
+                                  # (nested Sequential/Functional models followed;
+                                  # a custom block, e.g. a KerasHub transformer
+                                  # layer, is one); default: every layer no
+                                  # other pruner names
         criterion: magnitude      # and any other argument of tfprune.prune:
         granularity: filter       # granularity, scope, reduction, min_sparsity,
         schedule:                 # max_sparsity, budget, round_to, seed, ...
@@ -279,14 +282,26 @@ class Recipe:
     def _layer_names(self, model):
         """`{entry: [layer names]}` for every pruner and regularizer naming
         layers; raises if a pattern matches nothing or two pruners claim a layer."""
+        from tfprune import cloning
         from tfprune import layers as layer_specs
 
-        candidates = [
-            layer.name
-            for layer in model._flatten_layers(include_self=False, recursive=True)
-            if layer_specs.prunable_weights(layer)
-            or (not layer.built and layer_specs.has_prunable_weights(layer))
-        ]
+        def units(graph):  # what `tfprune.prune` wraps: a graph's layers, nested graphs followed
+            for layer in graph.layers:
+                if cloning.is_graph_model(layer):
+                    yield from units(layer)
+                elif layer_specs.prunable_weights(layer) or (
+                    not layer.built and layer_specs.has_prunable_weights(layer)
+                ):
+                    yield layer.name
+
+        if cloning.is_graph_model(model):
+            candidates = list(dict.fromkeys(units(model)))
+        else:  # a subclassed model: any layer with prunable weights, once per name
+            candidates = list(dict.fromkeys(
+                layer.name
+                for layer in model._flatten_layers(include_self=False, recursive=True)
+                if layer_specs.prunable_weights(layer)
+            ))  # fmt: skip
         chosen, claimed = {}, {}
         entries = [(f"pruners.{n}", p) for n, p in self.pruners.items()]
         entries += [(f"regularizers.{n}", r) for n, r in self.regularizers.items()]
@@ -353,8 +368,16 @@ class Recipe:
                 )
             arguments = {k: _tuples(v) for k, v in entry.items() if k not in ("layers", "schedule")}
             model = api.prune(model, schedules[name], layers=names[where], **arguments)
-            for wrapper in collect_prunable_layers(model):
-                owners.setdefault(wrapper.layer.name, where)
+            wrapped = {wrapper.layer.name for wrapper in collect_prunable_layers(model)}
+            lost = sorted(set(owners) - wrapped)
+            if lost:  # a model rebuilt from its constructor arguments keeps one pruner's wrappers
+                _fail(
+                    f"{where}",
+                    f"pruning model '{model.name}' ({type(model).__name__}) again dropped the "
+                    f"wrappers of {owners[lost[0]]} (layer {lost[0]!r}); give this model one pruner",
+                )
+            for layer_name in wrapped:
+                owners.setdefault(layer_name, where)
         self._made = {}
         for name, entry in self.regularizers.items():
             if entry["type"] != "l0":
