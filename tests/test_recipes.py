@@ -233,3 +233,14 @@ def test_regularizer_windows_become_callbacks_in_steps():
     assert windows[0].regularizer is layers["h1"].kernel.regularizer
     assert windows[1].regularizer is layers["h2"].kernel.regularizer
     assert isinstance(callbacks[-1], SoftThreshold)  # after the windows
+
+
+def test_the_pruner_without_layers_takes_what_the_others_leave():
+    recipe = recipes.Recipe.from_config({"pruners": {
+        "rest": {"schedule": SCHEDULE},  # listed first, applied last
+        "channels": {"layers": ["h1"], "granularity": "filter", "schedule": SCHEDULE},
+    }})  # fmt: skip
+    pruners = _pruners(recipe.apply(_model(), steps_per_epoch=4))
+    assert pruners["h1"] is pruners["h2"]  # h2 reads h1's channels: the channel pruner's
+    assert type(pruners["h1"].granularity).__name__ == "Coupled"
+    assert type(pruners["out"].granularity).__name__ == "Element"

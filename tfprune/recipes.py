@@ -15,8 +15,8 @@ raises `RecipeError` (a `ValueError`) naming where in the recipe it is.
                                   # the names of the layers tfprune.prune wraps
                                   # (nested Sequential/Functional models followed;
                                   # a custom block, e.g. a KerasHub transformer
-                                  # layer, is one); default: every layer no
-                                  # other pruner names
+                                  # layer, is one); default: applied last, every
+                                  # layer the other pruners did not wrap
         criterion: magnitude      # and any other argument of tfprune.prune:
         granularity: filter       # granularity, scope, reduction, min_sparsity,
         schedule:                 # max_sparsity, budget, round_to, seed, ...
@@ -357,8 +357,14 @@ class Recipe:
                     droprate_init=entry.get("droprate_init", 0.5), seed=entry.get("seed"),
                 )  # fmt: skip
         owners = {}  # layer name -> the pruner entry wrapping it
-        for name, entry in self.pruners.items():
+        # The pruner without `layers` goes last and takes what the others left.
+        order = sorted(self.pruners.items(), key=lambda item: item[1].get("layers") is None)
+        for name, entry in order:
             where = f"pruners.{name}"
+            if entry.get("layers") is None:
+                names[where] = [n for n in names[where] if n not in owners]
+                if not names[where]:
+                    _fail(where, "the other pruners wrap every layer; give `layers`")
             taken = [n for n in names[where] if n in owners]
             if taken:
                 _fail(
