@@ -11,6 +11,7 @@ import numpy as np
 
 from tfprune import pruner as pruner_lib
 from tfprune import structured
+from tfprune import updater as updater_lib
 from tfprune.wrapper import collect_prunable_layers
 
 
@@ -29,8 +30,12 @@ class UpdatePruningStep(keras.callbacks.Callback):
     With this callback, every `PruneLowMagnitude` wrapper anywhere in the
     model's layer tree advances its `pruning_step` once per training step
     (inside the compiled step, so `steps_per_execution > 1` counts every step)
-    and updates its masks as its schedule says. At each epoch end and at the
-    end of training the masks are applied to the stored weights.
+    and updates its masks as its schedule says. Inside `fit` the callback
+    asks the schedules on the host before each step and runs a separately
+    compiled mask update at pruning steps only (`tfprune.updater`); in custom
+    loops and with `steps_per_execution > 1` the step updates the masks
+    itself. At each epoch end and at the end of training the masks are
+    applied to the stored weights.
 
     Training a pruned model without it raises a `ValueError`.
 
@@ -65,24 +70,53 @@ class UpdatePruningStep(keras.callbacks.Callback):
             # A new wrapper's step is -1 (as in TFMOT): training starts at 0.
             if layer._state_built and int(keras.ops.convert_to_numpy(layer.pruning_step)) < 0:
                 layer.pruning_step.assign(0)
-        newly_attached = any(
-            not layer._step_callback_attached for layer in self.prunable_layers
-        )
+        retrace = any(not layer._step_callback_attached for layer in self.prunable_layers)
         # Wrappers of one pruner act together (a global threshold).
-        newly_attached = pruner_lib.bind(self.prunable_layers) or newly_attached
+        retrace = pruner_lib.bind(self.prunable_layers) or retrace
         structured.bind_model(self.model, self.prunable_layers)
+        host = self._host_decides()
         for layer in self.prunable_layers:
             layer._step_callback_attached = True
             layer._host_step = None  # read `pruning_step` again (it may have been set)
-        if newly_attached and getattr(self.model, "compiled", False):
-            # A train function traced before (and failed for want of this
-            # callback) must be traced again.
+            retrace = retrace or layer._host_updates != host
+            layer._host_updates = host
+        self._updater = None
+        if host:
+            trained = [
+                layer for layer in self.prunable_layers if layer.trainable and layer.layer.trainable
+            ]
+            self._updater = updater_lib.MaskUpdater(self.model, trained)
+        if retrace and getattr(self.model, "compiled", False):
+            # A train function traced before (without this callback, or with
+            # the other kind of update) must be traced again.
             self.model.make_train_function(force=True)
         self._training = True
         self._set_training(True)
 
+    def _host_decides(self):
+        """Whether the host runs the mask updates between steps (in `fit`).
+
+        `fit` gives its callbacks their `params` and calls
+        `on_train_batch_begin` before every step, unless one call runs several
+        steps (`steps_per_execution > 1`); wrappers built on their first call
+        have no state to update yet. Elsewhere the step updates the masks.
+        """
+        steps_per_execution = getattr(self.model, "steps_per_execution", 1)
+        return (
+            bool(self.params)
+            and isinstance(steps_per_execution, int)
+            and steps_per_execution == 1
+            and all(layer._state_built for layer in self.prunable_layers)
+        )
+
     def on_train_batch_begin(self, batch, logs=None):
-        """Kept for TFMOT code; the step advances inside the train step."""
+        """Runs the mask updates due at the coming step (inside `fit`).
+
+        In a custom training loop it may be called before each step, as with
+        TFMOT, or not at all: the step itself updates the masks there.
+        """
+        if getattr(self, "_updater", None) is not None:
+            self._updater.before_step()
 
     def on_test_begin(self, logs=None):
         self._set_training(False)

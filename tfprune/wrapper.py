@@ -11,6 +11,9 @@ mask (1 byte per element) and a float32 threshold, plus one `int64`
 3. runs the wrapped layer on `weight * mask` (the mask is in the graph: pruned
    weights get no gradient).
 
+Inside `fit`, step 2 runs on the host instead, between steps and only at
+pruning steps (`tfprune.updater`): the compiled step then does 1 and 3 only.
+
 Stored weights of pruned positions are kept at exactly zero: on TensorFlow and
 PyTorch a constraint re-applies the mask after every optimizer update; on
 every backend the masks are applied to the stored weights at epoch ends, at
@@ -169,6 +172,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         # `pruning_step` as a Python int where the host counts steps
         # (`backend.host_counts_steps()`); None: read the variable first.
         self._host_step = None
+        # Set by UpdatePruningStep inside `fit`: the host runs the mask updates
+        # between steps (`tfprune.updater`), so the step only counts.
+        self._host_updates = False
 
     # ------------------------------------------------------------------ build
     def _adopt_call_signature(self, layer):
@@ -382,7 +388,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if training_call:
             if not self._step_callback_attached:
                 raise ValueError(MISSING_CALLBACK_MESSAGE.format(name=self.name))
-            if self._advance_step() and self.pruning_vars:
+            if self._advance_step() and self.pruning_vars and not self._host_updates:
                 self.pruner.on_step(self)
         with self._masked_weights():
             outputs = self.layer(*args, **kwargs)
@@ -422,6 +428,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self._last_call_context = weakref.ref(context)
         except TypeError:  # pragma: no cover
             self._last_call_context = None
+        if self._host_updates:  # the host decides; the step is >= 0 already
+            self.pruning_step.assign_add(1)
+            return True
         # A step of -1 (state built after `on_train_begin`) starts at 0 too.
         if backend.host_counts_steps():
             if self._host_step is None:
