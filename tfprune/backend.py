@@ -5,7 +5,6 @@ questions whose answer depends on the backend are answered here.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 
@@ -147,63 +146,30 @@ def attributes(owner):
     return items
 
 
-def compile_assignments(compute, reads, targets, assign):
-    """A function `run(args)` that assigns the `[(variable, value)]` of
-    `compute(args)`, compiled once: `tf.function` on TensorFlow, `jax.jit`
-    on JAX (a pure function of `reads`, every variable `compute` reads, that
-    returns the new values of `targets`), eager without autograd on PyTorch.
-
-    `args` is a list of float32 scalars; new values of them reuse the
-    compiled function.
-    """
-    backend = name()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function(autograph=False)
-        def graph(args):
-            return assign(compute(args))
-
-        return lambda args: graph([tf.constant(a, tf.float32) for a in args])
-    if backend == "jax":
-        import jax
-        from keras.src.backend.common.stateless_scope import StatelessScope
-
-        def pure(values, args):
-            with StatelessScope(state_mapping=list(zip(reads, values))) as scope:
-                updates = {id(v): value for v, value in compute(args)}
-                return [
-                    updates[id(v)] if id(v) in updates else scope.get_current_value(v)
-                    for v in targets
-                ]
-
-        jitted = jax.jit(pure)
-
-        def run(args):
-            values = jitted([v.value for v in reads], [np.float32(a) for a in args])
-            return assign(list(zip(targets, values)))
-
-        return run
-    if backend == "torch":
-        import torch
-
-        def run(args):
-            with torch.no_grad():
-                return assign(compute([np.float32(a) for a in args]))
-
-        return run
-    return lambda args: assign(compute(args))  # pragma: no cover
-
-
 def compiled_updates(compute, reads, targets):
-    """`[(variable, new value)]` of `compute()`: one `jax.jit` on JAX (eager
-    JAX compiles every small op it meets, and a mask update is hundreds of
-    them), eager elsewhere. See `compile_assignments` for the arguments."""
+    """`[(variable, new value)]` of `compute()`, compiled as one function on JAX.
+
+    Eager JAX compiles every small op it meets; a mask update outside
+    training (`update_masks`) is hundreds of them. On JAX `compute` runs once
+    under `jax.jit` in a `StatelessScope` over `reads` (every variable it
+    reads); `targets` are the variables whose new values come back (their
+    current values where `compute` leaves them). Elsewhere it runs eagerly.
+    """
     if name() != "jax":
         return compute()
-    pairs = []
-    compile_assignments(lambda args: compute(), reads, targets, pairs.extend)([])
-    return pairs
+    import jax
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    def pure(values):
+        with StatelessScope(state_mapping=list(zip(reads, values))) as scope:
+            updates = {id(v): value for v, value in compute()}
+            return [
+                updates[id(v)] if id(v) in updates else scope.get_current_value(v)
+                for v in targets
+            ]
+
+    values = jax.jit(pure)([v.value for v in reads])
+    return list(zip(targets, values))
 
 
 def pieces_by_device(variable, axes):
@@ -229,6 +195,7 @@ def pieces_by_device(variable, axes):
             if axis not in axes and part != slice(None):
                 return None
     import jax
+    import numpy as np
 
     keys = [tuple((part.start, part.stop) for part in shard.index) for shard in shards]
     first = {}  # one shard per distinct piece (replicas are read once)

@@ -31,10 +31,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
     model's layer tree advances its `pruning_step` once per training step
     (inside the compiled step, so `steps_per_execution > 1` counts every step)
     and updates its masks as its schedule says. Inside `fit` the callback
-    asks the schedules on the host before each step and runs a separately
-    compiled mask update at pruning steps only (`tfprune.updater`); in custom
-    loops and with `steps_per_execution > 1` the step updates the masks
-    itself. At each epoch end and at the end of training the masks are
+    asks the schedules on the host before each step and runs a step compiled
+    with the mask updates at pruning steps only, a plain one otherwise
+    (`tfprune.updater`); in custom loops and with `steps_per_execution > 1`
+    the step decides in the graph. At each epoch end and at the end of training the masks are
     applied to the stored weights.
 
     Training a pruned model without it raises a `ValueError`.
@@ -80,21 +80,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
             layer._host_step = None  # read `pruning_step` again (it may have been set)
             retrace = retrace or layer._host_updates != host
             layer._host_updates = host
-        self._updater = None
+        self._schedule = self._variants = None
         if host:
             trained = [
                 layer for layer in self.prunable_layers if layer.trainable and layer.layer.trainable
             ]
-            self._updater = updater_lib.MaskUpdater(self.model, trained)
-        if retrace and getattr(self.model, "compiled", False):
+            self._schedule = updater_lib.HostSchedule(trained)
+            self._variants = updater_lib.StepVariants(self.model, self._schedule, fresh=retrace)
+        elif retrace and getattr(self.model, "compiled", False):
             # A train function traced before (without this callback, or with
-            # the other kind of update) must be traced again.
+            # the host's kind of update) must be traced again.
+            updater_lib.forget(self.model)
             self.model.make_train_function(force=True)
         self._training = True
         self._set_training(True)
 
     def _host_decides(self):
-        """Whether the host runs the mask updates between steps (in `fit`).
+        """Whether the host schedules the mask updates (in `fit`).
 
         `fit` gives its callbacks their `params` and calls
         `on_train_batch_begin` before every step, unless one call runs several
@@ -110,13 +112,14 @@ class UpdatePruningStep(keras.callbacks.Callback):
         )
 
     def on_train_batch_begin(self, batch, logs=None):
-        """Runs the mask updates due at the coming step (inside `fit`).
+        """Picks the compiled step for the coming step: with the mask updates
+        due at it, or plain (inside `fit`, `tfprune.updater`).
 
         In a custom training loop it may be called before each step, as with
         TFMOT, or not at all: the step itself updates the masks there.
         """
-        if getattr(self, "_updater", None) is not None:
-            self._updater.before_step()
+        if getattr(self, "_variants", None) is not None:
+            self._variants.select(self._schedule.next_step())
 
     def on_test_begin(self, logs=None):
         self._set_training(False)

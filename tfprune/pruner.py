@@ -223,12 +223,16 @@ class Pruner:
         members = [m for m in (self.members or [wrapper]) if m._state_built]
         return members if wrapper in members else [wrapper]
 
-    def on_step(self, wrapper):
-        """Called by a wrapper at each training step: updates masks when due."""
+    def on_step(self, wrapper, due=False):
+        """Called by a wrapper at each training step: updates masks when due.
+
+        `due=True`: the host has asked the schedule, and this compiled step
+        updates the masks without a branch (`tfprune.updater`).
+        """
         members = self._members_for(wrapper)
         if not members:
             return
-        if wrapper._host_step is not None:
+        if wrapper._host_step is not None and not due:
             # The host counted the step: the schedule answers in NumPy.
             should_prune, sparsity = self.decision(wrapper._host_step)
             if bool(should_prune) and bool(self._ready(members)):
@@ -236,8 +240,12 @@ class Pruner:
             return
         step = ops.convert_to_tensor(wrapper.pruning_step)
         should_prune, sparsity = self.decision(step)
+        ready = self._ready(members)
+        if due and ready is True:
+            assign(self.compute(members, sparsity))
+            return
         should_prune = ops.logical_and(
-            ops.convert_to_tensor(should_prune), ops.convert_to_tensor(self._ready(members))
+            ops.convert_to_tensor(True if due else should_prune), ops.convert_to_tensor(ready)
         )
         variables = self.updated_variables(members)
 

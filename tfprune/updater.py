@@ -1,30 +1,31 @@
-"""Mask updates launched by the host between the training steps of `fit`.
+"""Mask updates scheduled by the host between the training steps of `fit`.
 
 Inside `fit` the host knows which step runs next, so `UpdatePruningStep`
-asks each pruner's schedule on the host (NumPy, a few microseconds) before
-every step and, at pruning steps only, runs one separately compiled function
-that recomputes the due masks. The compiled training step then holds no
-schedule, no branch and no mask computation: the step counter and the
-masked weights only. Outside `fit` (custom loops, `steps_per_execution > 1`)
-the training step decides for itself, as the wrappers always can.
+asks each pruner's schedule on the host (NumPy, microseconds) before every
+step and picks one of two kinds of compiled training step:
 
-    before step s + 1:  due = [(pruner, members, target)
-                               for each pruner whose schedule prunes at s + 1]
-                        if due: update(targets)   # tf.function / jax.jit / eager
+- a plain step (almost every step at `frequency=100`): the step counter and
+  the masked weights, with no schedule, no branch and no mask computation;
+- an updating step (pruning steps only): the same, after recomputing the
+  masks of the pruners that are due, without a branch.
+
+Each set of due pruners gets its own compiled step, traced on first use and
+kept across `fit` calls, so a pruning step costs one dispatch, as any other
+step, and no value crosses between host and device. Outside `fit` (custom
+loops, `steps_per_execution > 1`) the step decides for itself in the graph.
+
+    before step s + 1:  due = {pruner: schedule(s + 1) prunes}
+                        model.train_function = compiled step for `due`
 
 Example:
->>> updater = MaskUpdater(model=None, wrappers=[])
->>> updater.before_step()   # nothing is due: no device work at all
-False
+>>> schedule = HostSchedule([])
+>>> schedule.next_step()   # no wrappers: nothing is ever due
+()
 """
 
 import weakref
 
-import numpy as np
 from keras import ops
-
-from tfprune import backend
-from tfprune import pruner as pruner_lib
 
 
 def jobs_of(wrappers):
@@ -49,66 +50,116 @@ def jobs_of(wrappers):
     return jobs
 
 
-# Compiled updates of each model, kept across `fit` calls: {model: {key: run}}.
-_COMPILED = weakref.WeakKeyDictionary()
-
-
-class MaskUpdater:
-    """Runs the due mask updates before each training step, from the host.
+class HostSchedule:
+    """Counts training steps on the host and says which jobs update next.
 
     Args:
-        model: the model being trained (on JAX its training state is written
-            back to the variables before an update and read again after).
-        wrappers: the model's trainable `PruneLowMagnitude` wrappers, each
-            with its state built and its `pruning_step` at 0 or more.
+        wrappers: the trainable `PruneLowMagnitude` wrappers of a model, each
+            with its state built and its `pruning_step` at 0 or more (read
+            once, here).
     """
 
-    def __init__(self, model, wrappers):
-        self.model = model
+    def __init__(self, wrappers):
         self.jobs = jobs_of(wrappers)
-        # The step each job's wrappers will be at after the next training step.
         self.steps = [
             max(int(ops.convert_to_numpy(members[0].pruning_step)), 0)
             for _, members in self.jobs
         ]
-        try:
-            self._compiled = _COMPILED.setdefault(model, {})
-        except TypeError:  # no model (or one that takes no weak reference)
-            self._compiled = {}
 
-    def before_step(self):
-        """Counts one step and runs the updates due at it; True if any ran."""
-        due = []
-        for j, (pruner, members) in enumerate(self.jobs):
+    def next_step(self):
+        """Counts one step; returns the indices of the jobs due at it."""
+        due, decided = [], {}
+        for j, (pruner, _) in enumerate(self.jobs):
             self.steps[j] += 1
-            should_prune, sparsity = pruner.decision(self.steps[j])
-            if bool(should_prune):
-                due.append((j, np.float32(sparsity)))
-        if not due:
-            return False
-        sync = getattr(self.model, "jax_state_sync", None)
-        if sync is not None:
-            sync()  # the trainer reads every variable again before the step
-        due = [(j, s) for j, s in due if bool(self.jobs[j][0]._ready(self.jobs[j][1]))]
-        if not due:
-            return False
-        jobs = [self.jobs[j] for j, _ in due]
-        # The pruners and wrappers themselves: a compiled update holds them.
-        key = tuple((id(pruner), *map(id, members)) for pruner, members in jobs)
-        if key not in self._compiled:
-            self._compiled[key] = self._compile(jobs)
-        self._compiled[key]([s for _, s in due])
-        return True
+            # Pruners built by one call share their schedule: ask it once.
+            key = (id(pruner.pruning_schedule), pruner.granularity.pattern, self.steps[j])
+            if key not in decided:
+                decided[key] = bool(pruner.decision(self.steps[j])[0])
+            if decided[key]:
+                due.append(j)
+        return tuple(due)
 
-    @staticmethod
-    def _compile(jobs):
-        def compute(targets):
-            updates = []
-            for (pruner, members), target in zip(jobs, targets):
-                updates += pruner.compute(members, target)
-            return updates
 
-        members = [m for _, group in jobs for m in group]
-        reads = list({id(v): v for m in members for v in m.weights}.values())
-        targets = [v for pruner, group in jobs for v in pruner.updated_variables(group)]
-        return backend.compile_assignments(compute, reads, targets, pruner_lib.assign)
+# The compiled steps of each model, kept across `fit` calls:
+# {model: (plain train function, {due jobs: train function})}.
+_STEPS = weakref.WeakKeyDictionary()
+
+
+class StepVariants:
+    """The model's compiled training step for each set of due jobs.
+
+    `select(due)` marks the due wrappers (read when a step is traced) and
+    makes `model.train_function` the step compiled for them, tracing it on
+    first use. Created at the start of `fit`; `fresh` drops the steps kept
+    from an earlier `fit` (the model was recompiled or its wrappers changed).
+    """
+
+    def __init__(self, model, schedule, fresh):
+        self.model = model
+        self.jobs = schedule.jobs
+        kept = _STEPS.get(model)
+        current = getattr(model, "train_function", None)
+        if fresh or kept is None or current is None or not _holds(kept, current):
+            self._mark(())
+            kept = {(): _new_train_function(model)}
+            _STEPS[model] = kept
+        self.steps = kept
+        self.current = next(key for key, fn in kept.items() if fn is current) if (
+            _holds(kept, current)
+        ) else ()
+
+    def select(self, due):
+        if due == self.current:
+            return
+        self._mark(due)
+        if due not in self.steps:
+            self.steps[due] = _new_train_function(self.model)
+        else:
+            self.model.train_function = self.steps[due]
+        self.current = due
+
+    def _mark(self, due):
+        due = set(due)
+        for j, (_, members) in enumerate(self.jobs):
+            for wrapper in members:
+                wrapper._update_due = j in due
+
+
+def _new_train_function(model):
+    """`model.make_train_function(force=True)`, traced anew on first call.
+
+    `jax.jit` keeps the trace of a function it has seen, and Keras jits the
+    bound `model.train_step`, whose copies compare equal: a fresh function
+    stands in for it while the new train function is made. On JAX the
+    training state is first written back to the variables (the trainer
+    reads it again before the next step), which Keras needs to lay out a
+    distributed step.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is None:
+        model.make_train_function(force=True)
+        return model.train_function
+    sync()
+    cls_step = type(model).train_step
+
+    def train_step(*args, **kwargs):
+        return cls_step(model, *args, **kwargs)
+
+    object.__setattr__(model, "train_step", train_step)
+    try:
+        model.make_train_function(force=True)
+    finally:
+        object.__delattr__(model, "train_step")
+    return model.train_function
+
+
+def _holds(kept, function):
+    return any(fn is function for fn in kept.values())
+
+
+def forget(model):
+    """Drops the compiled steps kept for `model`."""
+    try:
+        _STEPS.pop(model, None)
+    except TypeError:  # pragma: no cover (not weakly referenceable)
+        pass

@@ -11,8 +11,9 @@ mask (1 byte per element) and a float32 threshold, plus one `int64`
 3. runs the wrapped layer on `weight * mask` (the mask is in the graph: pruned
    weights get no gradient).
 
-Inside `fit`, step 2 runs on the host instead, between steps and only at
-pruning steps (`tfprune.updater`): the compiled step then does 1 and 3 only.
+Inside `fit` the host asks the schedule instead and picks a step compiled
+with the mask update at pruning steps, without it at others
+(`tfprune.updater`): no schedule and no branch in the compiled step.
 
 Stored weights of pruned positions are kept at exactly zero: on TensorFlow and
 PyTorch a constraint re-applies the mask after every optimizer update; on
@@ -172,9 +173,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         # `pruning_step` as a Python int where the host counts steps
         # (`backend.host_counts_steps()`); None: read the variable first.
         self._host_step = None
-        # Set by UpdatePruningStep inside `fit`: the host runs the mask updates
-        # between steps (`tfprune.updater`), so the step only counts.
+        # Set by UpdatePruningStep inside `fit`: the host asks the schedule
+        # and `_update_due` says, when a step is traced, whether that compiled
+        # step updates this wrapper's masks (`tfprune.updater`).
         self._host_updates = False
+        self._update_due = False
 
     # ------------------------------------------------------------------ build
     def _adopt_call_signature(self, layer):
@@ -388,8 +391,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if training_call:
             if not self._step_callback_attached:
                 raise ValueError(MISSING_CALLBACK_MESSAGE.format(name=self.name))
-            if self._advance_step() and self.pruning_vars and not self._host_updates:
-                self.pruner.on_step(self)
+            if self._advance_step() and self.pruning_vars:
+                if not self._host_updates:
+                    self.pruner.on_step(self)
+                elif self._update_due:
+                    self.pruner.on_step(self, due=True)
         with self._masked_weights():
             outputs = self.layer(*args, **kwargs)
         if self.pruning_vars and (training_call or self._collecting):
