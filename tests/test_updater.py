@@ -1,0 +1,95 @@
+"""Mask updates scheduled by the host inside `fit` (`tfprune.updater`)."""
+
+import keras
+import numpy as np
+from conftest import to_numpy
+from helpers import compile_model, data, fit, keep_count, mlp, step_of, wrappers
+
+import tfprune
+from tfprune import updater
+
+
+def _model(schedule):
+    keras.utils.set_random_seed(3)
+    model = mlp()
+    model.layers[1].rate = 0.0  # no dropout: two runs see the same steps
+    return compile_model(tfprune.prune_low_magnitude(model, schedule), keras.optimizers.SGD(0.05))
+
+
+def _masks(model):
+    return [to_numpy(m).copy() for w in wrappers(model) for _, m, _ in w.pruning_vars]
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.masks.append(_masks(self.model))
+
+
+SCHEDULE = tfprune.PolynomialDecay(0.2, 0.8, begin_step=0, end_step=6, power=1, frequency=3)
+
+
+def test_fit_and_the_in_graph_step_give_the_same_masks_at_the_same_steps():
+    x, y = data((20,), n=56)  # 7 steps of 8
+    by_fit = _model(SCHEDULE)
+    recorder = _Recorder()
+    fit(by_fit, x, y, shuffle=False, callbacks=[tfprune.UpdatePruningStep(), recorder])
+
+    by_step = _model(SCHEDULE)  # the same weights; the step decides in the graph
+    callback = tfprune.UpdatePruningStep()
+    callback.set_model(by_step)
+    callback.on_train_begin()
+    assert not any(w._host_updates for w in wrappers(by_step))
+    stepped = []
+    for start in range(0, 56, 8):
+        by_step.train_on_batch(x[start : start + 8], y[start : start + 8])
+        stepped.append(_masks(by_step))
+    callback.on_epoch_end(batch=-1)  # the custom-loop idiom: stored weights sparse
+
+    assert all(w._host_updates for w in wrappers(by_fit))
+    kept = [[int(m.sum()) for m in step] for step in recorder.masks]
+    size = 20 * 16
+    # Updates at steps 3 and 6 only (sparsity 0.5 and 0.8 there).
+    assert [k[0] for k in kept] == [size, size] + [keep_count(size, 0.5)] * 3 + [
+        keep_count(size, 0.8)
+    ] * 2
+    for a, b in zip(recorder.masks, stepped):
+        for mask_a, mask_b in zip(a, b):
+            np.testing.assert_array_equal(mask_a, mask_b)
+    for a, b in zip(by_fit.get_weights(), by_step.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Two compiled steps: plain, and with both layers' updates.
+    assert sorted(updater._STEPS[by_fit]) == [(), (0, 1)]
+
+
+def test_steps_are_kept_across_fits_and_dropped_on_recompile():
+    x, y = data((20,), n=24)
+    model = _model(tfprune.ConstantSparsity(0.5, 0, frequency=2))
+    fit(model, x, y)
+    steps = dict(updater._STEPS[model])
+    fit(model, x, y)
+    assert updater._STEPS[model] == steps  # nothing traced again
+    compile_model(model, keras.optimizers.Adam(1e-3))
+    fit(model, x, y, epochs=2)
+    assert all(a is not b for a, b in zip(updater._STEPS[model].values(), steps.values()))
+    for w in wrappers(model):
+        assert step_of(w) == 12
+        for _, mask, _ in w.pruning_vars:
+            assert int(to_numpy(mask).sum()) == keep_count(mask.shape[0] * mask.shape[1], 0.5)
+
+
+def test_a_custom_loop_after_fit_updates_in_the_step():
+    x, y = data((20,), n=16)
+    model = _model(tfprune.ConstantSparsity(0.5, 0, frequency=4))
+    fit(model, x, y)  # steps 1-2 by fit: no update yet
+    assert all(int(m.sum()) == m.size for m in _masks(model))
+    callback = tfprune.UpdatePruningStep()
+    callback.set_model(model)
+    callback.on_train_begin()
+    model.train_on_batch(x[:8], y[:8])  # step 3
+    assert all(int(m.sum()) == m.size for m in _masks(model))
+    model.train_on_batch(x[8:], y[8:])  # step 4: the step updates the masks itself
+    assert [int(m.sum()) for m in _masks(model)] == [keep_count(320, 0.5), keep_count(48, 0.5)]
