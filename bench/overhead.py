@@ -194,7 +194,11 @@ def worker(cfg):
             model = _model(keras, model_name)
             if variant != "dense":
                 freq = int(variant.split("_")[0][1:])
-                model = prune(model, pruning_schedule=schedule(0.9, 0, frequency=freq))
+                try:
+                    model = prune(model, pruning_schedule=schedule(0.9, 0, frequency=freq))
+                except ValueError as error:  # TFMOT prunes no MultiHeadAttention
+                    result["models"][model_name] = {"error": str(error).splitlines()[0]}
+                    break
                 if variant.endswith("no_mask_update"):
                     for layer in model.layers:
                         if type(layer).__name__ == "PruneLowMagnitude":
@@ -206,6 +210,9 @@ def worker(cfg):
                 **compile_args,
             )
             models[variant] = model
+
+        if model_name in result["models"]:
+            continue
 
         def train(variant, epochs, models=models, x=x, y=y, batch=batch):
             timer = EpochTimer()
