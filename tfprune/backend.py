@@ -98,6 +98,21 @@ def host_counts_steps():
     return not torch.compiler.is_compiling()
 
 
+def scan_slice():
+    """Elements per slice for whole-tensor scans (histograms), or None.
+
+    JAX on a CPU: XLA writes each whole-tensor temporary to fresh memory on
+    every call, and its page faults cost more than the scan, so scans go
+    over slices of 2**18 elements (1 MB) in a loop. Accelerators and the
+    other backends scan at once.
+    """
+    if name() != "jax":
+        return None
+    import jax
+
+    return (1 << 18) if jax.default_backend() == "cpu" else None
+
+
 def dynamic_shapes_allowed():
     """True where ops run eagerly (PyTorch), so boolean indexing is cheap and legal."""
     return name() == "torch"
