@@ -1,33 +1,28 @@
-"""Time of ONE mask update: tfprune's radix select vs TFMOT's full sort.
+"""Time of ONE mask update against the natural ways to compute the same mask.
 
-For a float32 weight `w` of shape 4096x4096 (16.8M elements, Gaussian) at
-sparsity 0.9, per Keras backend (tensorflow, jax, torch; each in its own
-subprocess), two ways of computing `(mask, threshold)` from `w`:
+For a float32 weight of 4096x4096 (16.8M elements, Gaussian) at sparsity 0.9,
+per Keras backend (each in its own subprocess, one CPU thread), each method
+computes `(mask, threshold)` with TFMOT's rule: `k = max(round(n (1 - s)), 1)`
+in float32, `threshold` the k-th largest `|w|`, `mask = |w| >= threshold`.
 
-- tfprune: `tfprune.masking.threshold_mask(abs(w), 0.9)` - exact radix select
-  of the k-th largest |w| (two histogram passes), then `mask = |w| >= t`.
-- TFMOT: its method rewritten with the same backend's ops: `abs`, a full
-  `top_k` of the flattened tensor (k = n, i.e. a full sort, as TFMOT's
-  `pruning_impl` does), threshold = the (k-1)-th value with
-  `k = max(round(n * (1 - s)), 1)` computed in float32, `mask = |w| >= t`.
+- tfprune: the update a training step runs, through the public API: the
+  `PruneLowMagnitude` wrapper of a `Dense(4096)` on 4096 inputs and its
+  pruner's `compute` (scores of the masked weight, exact radix select, new
+  mask and threshold), compiled as the step is (`tf.function`, plus XLA on
+  TensorFlow; `jax.jit`; eager PyTorch without autograd).
+- The natural alternatives on the same backend: `np.partition` (NumPy, the
+  same data on the host), `tf.math.top_k` / `jax.lax.top_k` with `k`, and
+  `torch.kthvalue`; TFMOT's own method, a full sort (`top_k` with `k = n`).
+- The floor: one fused element-wise pass over the weight, `|w|` (reads and
+  writes float32), compiled the same way; also a pass that writes a boolean
+  (`|w| >= t`, what the new mask costs alone).
 
-Both are compiled the same way: `tf.function` on TensorFlow (plus a
-`jit_compile=True` row for tfprune; `--xla` adds one for TFMOT too),
-`jax.jit` on JAX, plain eager calls on PyTorch. Each is warmed up, then the two
-are timed alternately `--reps` times; medians are reported with the ratio
-TFMOT / tfprune (target >= 10x). The masks and thresholds of the two methods
-are compared element by element.
+Every mask is compared with NumPy's. Targets (TensorFlow and JAX): tfprune at
+least 2x faster than the best alternative and within 4 float32 passes' time.
+`--shapes` adds the layers of the overhead benchmark's MLP/CNN.
 
-Also printed: a stage breakdown of tfprune's update (each stage compiled and
-timed alone, to show which op dominates) and, for the small weights of the
-overhead benchmark's MLP/CNN, the same comparison (fixed costs of the two
-65536/32768-bin histograms matter there).
-
-Commands (from the repository root):
-
-    .venv/bin/python bench/mask_update.py           # full run, 3 backends (~5 min)
-    .venv/bin/python bench/mask_update.py --quick   # 2048x2048, fewer reps
-    .venv/bin/python bench/mask_update.py --backends jax --size 8192 --xla
+    .venv/bin/python bench/mask_update.py            # 3 backends (~4 min)
+    .venv/bin/python bench/mask_update.py --quick    # 2048x2048
 
 Results: bench/results/mask_update.json.
 """
@@ -38,443 +33,288 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 NAME = "mask_update"
-TARGET = 10.0
-SMALL_SHAPES = [(784, 300), (300, 100), (100, 10), (3, 3, 32, 64), (576, 128)]
+TARGET_SPEEDUP, TARGET_PASSES = 2.0, 4.0
+SMALL_SHAPES = [(784, 300), (300, 100), (3, 3, 32, 64), (576, 128)]
 
 
 # --------------------------------------------------------------------- worker
-class _Backend:
-    """Compiles functions, converts arrays and synchronises, per backend."""
+def _compiler(backend):
+    """`compile(fn, xla=False)` and `sync(value)` for a backend."""
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    def __init__(self, name):
-        self.name = name
-        if name == "tensorflow":
-            import tensorflow as tf
+        def sync(value):
+            return [v.numpy() for v in tf.nest.flatten(value) if v.shape.rank == 0]
 
-            self.tf = tf
-        elif name == "jax":
-            import jax
+        return (lambda fn, xla=False: tf.function(fn, jit_compile=xla)), sync
+    if backend == "jax":
+        import jax
 
-            self.jax = jax
-        else:
-            import torch
+        return (lambda fn, xla=False: jax.jit(fn)), jax.block_until_ready
 
-            self.torch = torch
+    import torch
 
-    def tensor(self, array):
-        if self.name == "tensorflow":
-            return self.tf.constant(array)
-        if self.name == "jax":
-            return self.jax.numpy.asarray(array)
-        return self.torch.from_numpy(array)
+    def eager(fn, xla=False):
+        def run(*args):
+            with torch.no_grad():
+                return fn(*args)
 
-    def compile(self, fn, xla=False):
-        if self.name == "tensorflow":
-            return self.tf.function(fn, jit_compile=xla)
-        if self.name == "jax":
-            return self.jax.jit(fn)
-        return fn
+        return run
 
-    def sync(self, value):
-        if self.name == "jax":
-            return self.jax.block_until_ready(value)
-        if self.name == "tensorflow":
-            leaves = self.tf.nest.flatten(value)
-            for leaf in leaves:  # CPU ops finish before returning; GPU ones may not
-                if hasattr(leaf, "numpy") and leaf.shape.rank == 0:
-                    leaf.numpy()
-            return value
-        if self.torch.cuda.is_available():
-            self.torch.cuda.synchronize()
+    def sync(value):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return value
 
-    def numpy(self, value):
-        import keras
-
-        return keras.ops.convert_to_numpy(value)
-
-    def full_sort_mask(self, sparsity):
-        """TFMOT's threshold by full sort, in this backend's own ops."""
-        if self.name == "tensorflow":
-            tf = self.tf
-
-            def fn(w):
-                abs_w = tf.abs(w)
-                flat = tf.reshape(abs_w, [-1])
-                n = tf.size(flat)
-                k = tf.cast(tf.round(tf.cast(n, tf.float32) * (1.0 - sparsity)), tf.int32)
-                k = tf.maximum(k, 1)
-                values, _ = tf.math.top_k(flat, k=n, sorted=True)
-                threshold = tf.gather(values, k - 1)
-                return tf.greater_equal(abs_w, threshold), threshold
-
-            return fn
-        if self.name == "jax":
-            jnp, lax = self.jax.numpy, self.jax.lax
-
-            def fn(w):
-                abs_w = jnp.abs(w)
-                flat = abs_w.reshape(-1)
-                n = flat.shape[0]
-                k = jnp.round(jnp.float32(n) * (jnp.float32(1.0) - jnp.float32(sparsity)))
-                k = jnp.maximum(k, 1.0).astype(jnp.int32)
-                values, _ = lax.top_k(flat, n)
-                threshold = values[k - 1]
-                return abs_w >= threshold, threshold
-
-            return fn
-        torch = self.torch
-
-        def fn(w):
-            abs_w = torch.abs(w)
-            flat = abs_w.reshape(-1)
-            n = flat.numel()
-            k = torch.round(
-                torch.tensor(float(n), dtype=torch.float32)
-                * (1.0 - torch.tensor(sparsity, dtype=torch.float32))
-            )
-            k = max(int(k.item()), 1)
-            values, _ = torch.topk(flat, n, sorted=True)
-            threshold = values[k - 1]
-            return abs_w >= threshold, threshold
-
-        return fn
+    return eager, sync
 
 
-def _time(backend, fn, x, reps):
+def _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, values, xla=False):
+    """A compiled `update() -> (mask, threshold)`: one pruner `compute` of a
+    wrapped layer holding `values` as its kernel (the update a step runs)."""
+    if len(shape) == 2:
+        layer, inputs = keras.layers.Dense(shape[1]), (None, shape[0])
+    else:
+        layer, inputs = keras.layers.Conv2D(shape[3], shape[:2]), (None, 8, 8, shape[2])
+    wrapper = tfprune.PruneLowMagnitude(layer, tfprune.ConstantSparsity(sparsity, 0))
+    wrapper.build(inputs)
+    kernel, mask, threshold = wrapper.pruning_vars[0]
+    kernel.assign(values)
+
+    def compute():
+        new = dict((id(v), value) for v, value in wrapper.pruner.compute([wrapper], sparsity))
+        return new[id(mask)], new[id(threshold)]
+
+    if keras.backend.backend() != "jax":
+        return compile_fn(compute, xla)
+    import jax
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    variables = wrapper.weights
+
+    @jax.jit
+    def pure(state):
+        with StatelessScope(state_mapping=list(zip(variables, state))):
+            return compute()
+
+    return lambda: pure([v.value for v in variables])
+
+
+def _alternatives(backend, k, n):
+    """The backend's own k-th largest: `fn(w) -> (mask, threshold)`."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def top(w, count):
+            a = tf.abs(w)
+            values = tf.math.top_k(tf.reshape(a, [-1]), count, sorted=True).values
+            return a >= values[k - 1], values[k - 1]
+
+        return {"top_k": lambda w: top(w, k), "full sort (TFMOT)": lambda w: top(w, n)}
+    if backend == "jax":
+        import jax
+
+        def top(w, count):
+            a = abs(w)
+            values = jax.lax.top_k(a.reshape(-1), count)[0]
+            return a >= values[k - 1], values[k - 1]
+
+        return {"top_k": lambda w: top(w, k), "full sort (TFMOT)": lambda w: top(w, n)}
+    import torch
+
+    def kth(w):
+        a = torch.abs(w)
+        t = torch.kthvalue(a.reshape(-1), n - k + 1).values
+        return a >= t, t
+
+    def full_sort(w):
+        a = torch.abs(w)
+        values = torch.topk(a.reshape(-1), n, sorted=True).values
+        return a >= values[k - 1], values[k - 1]
+
+    return {"kthvalue": kth, "full sort (TFMOT)": full_sort}
+
+
+def _time(fn, args, sync, reps):
+    """Median ms of `reps` calls after one warm-up (2 calls where one takes > 1 s)."""
+    start = time.perf_counter()
+    sync(fn(*args))
+    if time.perf_counter() - start > 1.0:
+        reps = min(reps, 2)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        backend.sync(fn(x))
+        sync(fn(*args))
         times.append(time.perf_counter() - start)
-    return times
+    return 1e3 * C.median(times)
 
 
-def _compare(backend, fns, x, warmup, reps):
-    """Warms every fn up, then times them alternately; returns times by name."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            backend.sync(fn(x))
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name] += _time(backend, fn, x, 1)
-    return times
-
-
-def _stage_breakdown(backend, x, sparsity, reps):
-    """Each stage of tfprune's radix select, compiled and timed alone."""
-    import numpy as np
-    from keras import ops
-
-    from tfprune import masking
-
-    low_bits = masking._LOW_BITS
-    high_bits = masking._HIGH_BITS
-    size = int(x.shape[0]) * int(x.shape[1])
-
-    def s_abs(w):
-        return ops.abs(w)
-
-    def s_high(a):
-        bits = ops.view(ops.reshape(a, (-1,)), "int32")
-        return ops.right_shift(bits, low_bits)
-
-    def s_hist_high(high):
-        return masking.histogram(high, 1 << high_bits)
-
-    def s_select_high(counts):
-        return masking._select_bin(counts, masking.keep_count(size, sparsity))
-
-    def s_low(a, high, high_bin):  # as masking._low_histogram (static shapes)
-        del high
-        bits = ops.view(ops.reshape(a, (-1,)), "int32")
-        base = ops.left_shift(high_bin, low_bits)
-        return ops.bitwise_and(ops.subtract(bits, base), 0x7FFFFFFF)
-
-    def s_hist_low(low):
-        return masking.histogram(low, 1 << low_bits)
-
-    def s_select_low(counts, rank):
-        return masking._select_bin(counts, rank)
-
-    def s_mask(a, t):
-        return ops.greater_equal(a, t)
-
-    c = backend.compile
-    a = backend.sync(c(s_abs)(x))
-    high = backend.sync(c(s_high)(a))
-    counts = backend.sync(c(s_hist_high)(high))
-    high_bin, rank = backend.sync(c(s_select_high)(counts))
-    low = backend.sync(c(s_low)(a, high, high_bin))
-    low_counts = backend.sync(c(s_hist_low)(low))
-    threshold = backend.numpy(masking.kth_largest(a, masking.keep_count(size, sparsity)))
-    t = backend.tensor(np.asarray(threshold, dtype="float32"))
-    stages = [
-        ("abs(w)", c(s_abs), (x,)),
-        ("bitcast + >>15 (high ids)", c(s_high), (a,)),
-        (f"histogram high ({1 << high_bits} bins)", c(s_hist_high), (high,)),
-        ("select bin (flip/cumsum, 65536)", c(s_select_high), (counts,)),
-        ("low ids (-, &)", c(s_low), (a, high, high_bin)),
-        (f"histogram low ({1 << low_bits} bins)", c(s_hist_low), (low,)),
-        ("select bin (flip/cumsum, 32768)", c(s_select_low), (low_counts, rank)),
-        ("mask = |w| >= t", c(s_mask), (a, t)),
-    ]
-    if backend.name == "torch":
-        torch = backend.torch
-        stages.insert(
-            3, ("  of which ids.to(int64)", lambda h: h.to(torch.int64), (high,))
-        )
-        stages.insert(
-            4,
-            ("  of which torch.bincount", lambda h: torch.bincount(h, minlength=65536),
-             (high.to(torch.int64),)),
-        )  # fmt: skip
-    rows = []
-    for name, fn, args in stages:
-        for _ in range(2):
-            backend.sync(fn(*args))
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            backend.sync(fn(*args))
-            times.append(time.perf_counter() - start)
-        rows.append({"stage": name, "ms": 1e3 * C.median(times)})
-    return rows
+def _numpy_mask(w, k):
+    a = np.abs(w)
+    flat = a.reshape(-1)
+    threshold = np.partition(flat, flat.size - k)[flat.size - k]
+    return a >= threshold, threshold
 
 
 def worker(cfg):
-    backend_name = cfg["backend"]
-    C.configure_threads(cfg.get("threads"), "tfprune", backend_name)
+    backend = cfg["backend"]
+    C.configure_threads(cfg.get("threads"), "tfprune", backend)
     load_begin = C.load_average()
-    import numpy as np
+    import keras
     from keras import ops
 
-    from tfprune import masking
+    import tfprune
 
-    backend = _Backend(backend_name)
-    sparsity = cfg["sparsity"]
+    compile_fn, sync = _compiler(backend)
+    sparsity, reps = cfg["sparsity"], cfg["reps"]
     rng = np.random.default_rng(0)
-    result = {"backend": backend_name, "versions": C.versions("tfprune")}
-
-    def tfprune_fn(w):
-        return masking.threshold_mask(ops.abs(w), sparsity)
-
-    fns = {"tfprune": backend.compile(tfprune_fn)}
-    if backend_name == "tensorflow":
-        fns["tfprune_xla"] = backend.compile(tfprune_fn, xla=True)
-    fns["tfmot_full_sort"] = backend.compile(backend.full_sort_mask(sparsity))
-    if backend_name == "tensorflow" and cfg.get("xla"):
-        fns["tfmot_full_sort_xla"] = backend.compile(backend.full_sort_mask(sparsity), xla=True)
-
-    size = cfg["size"]
-    w = rng.standard_normal((size, size)).astype("float32")
-    x = backend.tensor(w)
-    # Correctness first: identical masks and thresholds.
-    outputs = {name: fn(x) for name, fn in fns.items()}
-    masks = {name: backend.numpy(out[0]).astype(bool) for name, out in outputs.items()}
-    thresholds = {name: float(backend.numpy(out[1])) for name, out in outputs.items()}
-    n = w.size
-    k = max(int(np.round(np.float32(n) * (np.float32(1) - np.float32(sparsity)))), 1)
-    reference = masks["tfmot_full_sort"]
-    result["check"] = {
-        "n": n,
-        "k": k,
-        "kept": {name: int(m.sum()) for name, m in masks.items()},
-        "thresholds": thresholds,
-        "identical_to_full_sort": {
-            name: bool(np.array_equal(m, reference)) for name, m in masks.items()
-        },
-        "numpy_threshold": float(-np.sort(-np.abs(w).ravel())[k - 1]),
-    }
-    del outputs, masks, reference
-
-    times = _compare(backend, fns, x, cfg["warmup"], cfg["reps"])
-    result["times_s"] = times
-    result["median_s"] = {name: C.median(t) for name, t in times.items()}
-    ratio_base = result["median_s"]["tfmot_full_sort"]
-    result["ratio_full_sort_over"] = {
-        name: ratio_base / t for name, t in result["median_s"].items()
-    }
-    if cfg.get("breakdown"):
-        try:
-            result["breakdown"] = _stage_breakdown(backend, x, sparsity, cfg["breakdown_reps"])
-        except Exception as error:  # private helpers may change under us
-            result["breakdown_error"] = f"{type(error).__name__}: {error}"
-    del x
-
-    small = []
-    for shape in cfg["small_shapes"]:
-        ws = rng.standard_normal(shape).astype("float32")
-        xs = backend.tensor(ws)
-        pair = {
-            "tfprune": backend.compile(tfprune_fn),
-            "tfmot_full_sort": backend.compile(backend.full_sort_mask(sparsity)),
-        }
-        out_a, out_b = pair["tfprune"](xs), pair["tfmot_full_sort"](xs)
-        same = bool(
-            np.array_equal(backend.numpy(out_a[0]), backend.numpy(out_b[0]))
-        )
-        t = _compare(backend, pair, xs, 3, cfg["small_reps"])
-        small.append(
-            {
-                "shape": list(shape),
-                "n": int(ws.size),
-                "tfprune_ms": 1e3 * C.median(t["tfprune"]),
-                "full_sort_ms": 1e3 * C.median(t["tfmot_full_sort"]),
-                "identical": same,
-            }
-        )
-    result["small"] = small
+    result = {"backend": backend, "versions": C.versions("tfprune"), "shapes": []}
+    shapes = [tuple(cfg["size"])] + [tuple(s) for s in cfg["small_shapes"]]
+    for shape in shapes:
+        w = rng.standard_normal(shape).astype("float32")
+        n = w.size
+        k = max(int(np.round(np.float32(n) * (np.float32(1) - np.float32(sparsity)))), 1)
+        x = ops.convert_to_tensor(w)
+        update = _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, w)
+        methods = {"tfprune": (update, ())}
+        if backend == "tensorflow":
+            xla = _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, w, xla=True)
+            methods["tfprune, XLA"] = (xla, ())
+        big = shape == shapes[0]
+        for name, fn in _alternatives(backend, k, n).items():
+            if big or name.startswith("full"):
+                methods[name] = (compile_fn(fn), (x,))
+        methods["np.partition"] = (_numpy_mask, (w, k))
+        if big:
+            methods["pass |w| (float32 out)"] = (compile_fn(lambda w: ops.abs(w)), (x,))
+            t = ops.convert_to_tensor(np.float32(1.0))
+            methods["pass |w| >= t (bool out)"] = (
+                compile_fn(lambda w, t: ops.greater_equal(ops.abs(w), t)),
+                (x, t),
+            )
+        reference, _ = _numpy_mask(w, k)
+        rows = {}
+        for name, (fn, args) in methods.items():
+            same = None
+            if not name.startswith("pass"):
+                mask = np.asarray(keras.ops.convert_to_numpy(fn(*args)[0])).astype(bool)
+                same = bool(np.array_equal(mask.reshape(reference.shape), reference))
+            ms = _time(fn, args, sync, reps if big else cfg["small_reps"])
+            rows[name] = {"ms": ms, "same_mask_as_numpy": same}
+        result["shapes"].append({"shape": list(shape), "n": n, "k": k, "methods": rows})
     result["load_average"] = {"begin": load_begin, "end": C.load_average()}
     C.write_worker_result(cfg, result)
 
 
 # --------------------------------------------------------------------- parent
-LABELS = {
-    "tfprune": "tfprune radix select",
-    "tfprune_xla": "tfprune radix select, XLA",
-    "tfmot_full_sort": "TFMOT full sort (top_k k=n)",
-    "tfmot_full_sort_xla": "TFMOT full sort, XLA",
-}
-COMPILE = {"tensorflow": "tf.function", "jax": "jax.jit", "torch": "eager"}
+def verdict(backend, methods):
+    """`(speed-up over the best alternative, passes, met)` for tfprune."""
+    tfprune_ms = methods["tfprune"]["ms"]
+    alternatives = {
+        name: m["ms"] for name, m in methods.items()
+        if not name.startswith(("tfprune", "pass", "full"))
+    }  # fmt: skip
+    best = min(alternatives, key=alternatives.get)
+    speedup = alternatives[best] / tfprune_ms
+    passes = tfprune_ms / methods["pass |w| (float32 out)"]["ms"]
+    met = None
+    if backend != "torch":
+        met = speedup >= TARGET_SPEEDUP and passes <= TARGET_PASSES
+    return best, speedup, passes, met
+
+
+def report(runs, size):
+    rows, verdicts = [], []
+    for backend, run in runs.items():
+        if "error" in run:
+            rows.append([backend, "ERROR " + run["error"], "", "", ""])
+            continue
+        big = run["shapes"][0]
+        base = big["methods"]["tfprune"]["ms"]
+        for name, m in big["methods"].items():
+            same = m["same_mask_as_numpy"]
+            rows.append([
+                backend, name, C.fmt(m["ms"], ".1f"), f"{m['ms'] / base:.2f}",
+                "" if same is None else ("yes" if same else "NO"),
+            ])  # fmt: skip
+        best, speedup, passes, met = verdict(backend, big["methods"])
+        verdicts.append([
+            backend, C.fmt(base, ".1f"), f"{best} {big['methods'][best]['ms']:.1f}",
+            f"{speedup:.2f}x", f"{passes:.2f}",
+            "report" if met is None else ("yes" if met else "NO"),
+        ])  # fmt: skip
+    small = []
+    for backend, run in runs.items():
+        for item in run.get("shapes", [])[1:]:
+            m = item["methods"]
+            small.append([
+                backend, "x".join(map(str, item["shape"])), item["n"],
+                C.fmt(m["tfprune"]["ms"], ".2f"), C.fmt(m["np.partition"]["ms"], ".2f"),
+                C.fmt(m["full sort (TFMOT)"]["ms"], ".2f"),
+                "yes" if all(v["same_mask_as_numpy"] for v in m.values()) else "NO",
+            ])  # fmt: skip
+    if small:
+        print("\nSmall weights (layers of the overhead benchmark), one update each, ms (median)")
+        print(C.table(["backend", "shape", "n", "tfprune", "np.partition", "full sort",
+                       "same masks"], small))  # fmt: skip
+    print("\nLoad average (1/5/15 min) at worker begin -> end (2 cores; > 2 means contention):")
+    for backend, run in runs.items():
+        if run.get("load_average"):
+            print(f"  {backend:10s} {run['load_average']['begin']} -> {run['load_average']['end']}")
+    print(f"\nOne mask update, {size}x{size} float32, sparsity 0.9, ms (median); x = ms / tfprune's")
+    print(C.table(["backend", "method", "ms", "x tfprune", "mask == NumPy's"], rows))
+    print(
+        f"\nVerdict: tfprune vs the best alternative (target >= {TARGET_SPEEDUP:.0f}x) and in "
+        f"float32 passes (target <= {TARGET_PASSES:.0f}); TensorFlow and JAX"
+    )
+    print(C.table(["backend", "tfprune ms", "best alternative ms", "speed-up", "passes", "met"],
+                  verdicts))  # fmt: skip
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fast smoke run (2048x2048)")
+    parser.add_argument("--quick", action="store_true", help="2048x2048, fewer repeats")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--size", type=int, default=None, help="weight is size x size (4096)")
+    parser.add_argument("--size", type=int, default=None, help="the weight is size x size")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--reps", type=int, default=None, help="timed runs (default 5; quick 2)")
-    parser.add_argument("--xla", action="store_true", help="also time TFMOT's sort under XLA (TF)")
-    parser.add_argument("--no-breakdown", action="store_true")
-    parser.add_argument(
-        "--threads", type=int, default=1,
-        help="CPU threads per worker (default 1; 0 = library defaults)",
-    )  # fmt: skip
+    parser.add_argument("--reps", type=int, default=None, help="timed runs (default 5)")
+    parser.add_argument("--no-shapes", action="store_true", help="skip the small weights")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: defaults)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
-
     size = args.size or (2048 if args.quick else 4096)
     cfg = {
-        "size": size,
+        "size": [size, size],
         "sparsity": args.sparsity,
         "reps": args.reps or (2 if args.quick else 5),
-        "warmup": 1,
-        "xla": args.xla,
-        "breakdown": not args.no_breakdown,
-        "breakdown_reps": 3 if args.quick else 7,
-        "small_shapes": SMALL_SHAPES,
+        "small_shapes": [] if args.no_shapes else SMALL_SHAPES,
         "small_reps": 5 if args.quick else 21,
         "threads": args.threads or None,
     }
     backends = C.parse_backends(args.backends)
     print(f"mask_update: {size}x{size} float32, sparsity {args.sparsity}, backends={backends}")
-    runs = {}
-    for backend in backends:
-        runs[backend] = C.run_worker(
-            __file__, NAME, backend, dict(cfg, backend=backend), "tfprune", backend
-        )
-    report(runs, size)
+    runs = {
+        b: C.run_worker(__file__, NAME, b, dict(cfg, backend=b), "tfprune", b) for b in backends
+    }
     C.save_results(
         NAME,
         {
             "command": " ".join(["python", "bench/mask_update.py"] + sys.argv[1:]),
             "config": cfg,
-            "target_full_sort_over_tfprune": TARGET,
+            "targets": {"speedup_over_best_alternative": TARGET_SPEEDUP,
+                        "float32_passes": TARGET_PASSES},  # fmt: skip
             "runs": runs,
         },
     )
-
-
-def report(runs, size):
-    rows = []
-    for backend, run in runs.items():
-        if "error" in run:
-            rows.append([backend, "ERROR " + run["error"]] + [""] * 6)
-            continue
-        base = run["median_s"]["tfmot_full_sort"]
-        check = run["check"]
-        for name, seconds in run["median_s"].items():
-            is_tfprune = name.startswith("tfprune")
-            ratio = base / seconds
-            rows.append(
-                [
-                    backend,
-                    LABELS.get(name, name) + f" [{COMPILE[backend]}]",
-                    C.fmt(1e3 * seconds, ".1f"),
-                    f"{ratio:.1f}x" if is_tfprune else "1x",
-                    f">={TARGET:.0f}x" if is_tfprune else "",
-                    ("yes" if ratio >= TARGET else "NO") if is_tfprune else "",
-                    "yes" if check["identical_to_full_sort"][name] else "NO",
-                    f"{check['kept'][name]}/{check['k']}",
-                    f"{check['thresholds'][name]:.6g}",
-                ]
-            )
-    print(f"\nOne mask update, {size}x{size} float32, sparsity 0.9 (median)")
-    print(
-        C.table(
-            ["backend", "method", "ms", "full sort / this", "target", "met",
-             "mask == full sort", "kept/k", "threshold"],
-            rows,
-        )
-    )  # fmt: skip
-
-    for backend, run in runs.items():
-        rows = run.get("breakdown")
-        if not rows:
-            if run.get("breakdown_error"):
-                print(f"\n{backend}: breakdown failed: {run['breakdown_error']}")
-            continue
-        main_rows = [r for r in rows if not r["stage"].startswith("  ")]
-        total = sum(r["ms"] for r in main_rows)
-        print(
-            f"\ntfprune stages on {backend} ({COMPILE[backend]}, each timed alone; "
-            f"sum {total:.1f} ms vs fused {1e3 * run['median_s']['tfprune']:.1f} ms)"
-        )
-        print(
-            C.table(
-                ["stage", "ms", "% of sum"],
-                [[r["stage"], C.fmt(r["ms"], ".2f"),
-                  "" if r["stage"].startswith("  ") else f"{100 * r['ms'] / total:.0f}%"]
-                 for r in rows],
-            )
-        )  # fmt: skip
-
-    rows = []
-    for backend, run in runs.items():
-        for item in run.get("small", []):
-            rows.append(
-                [
-                    backend,
-                    "x".join(map(str, item["shape"])),
-                    item["n"],
-                    C.fmt(item["tfprune_ms"], ".2f"),
-                    C.fmt(item["full_sort_ms"], ".2f"),
-                    f"{item['full_sort_ms'] / item['tfprune_ms']:.2f}x",
-                    "yes" if item["identical"] else "NO",
-                ]
-            )
-    if rows:
-        print("\nSmall weights (layers of the overhead benchmark), one update each (median)")
-        print(
-            C.table(
-                ["backend", "shape", "n", "tfprune ms", "full sort ms", "full sort / tfprune",
-                 "identical"],
-                rows,
-            )
-        )  # fmt: skip
-    print("\nLoad average (1/5/15 min) at worker begin -> end (2 cores; > 2 means contention):")
-    for backend, run in runs.items():
-        if run.get("load_average"):
-            print(f"  {backend:10s} {run['load_average']['begin']} -> {run['load_average']['end']}")
+    report(runs, size)
 
 
 if __name__ == "__main__":

@@ -62,19 +62,19 @@ def test_fit_and_the_in_graph_step_give_the_same_masks_at_the_same_steps():
     for a, b in zip(by_fit.get_weights(), by_step.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Two compiled steps: plain, and with both layers' updates.
-    assert sorted(updater._STEPS[by_fit]) == [(), (0, 1)]
+    assert sorted(updater.compiled_steps(by_fit)) == [(), (0, 1)]
 
 
 def test_steps_are_kept_across_fits_and_dropped_on_recompile():
     x, y = data((20,), n=24)
     model = _model(tfprune.ConstantSparsity(0.5, 0, frequency=2))
     fit(model, x, y)
-    steps = dict(updater._STEPS[model])
+    steps = updater.compiled_steps(model)
     fit(model, x, y)
-    assert updater._STEPS[model] == steps  # nothing traced again
+    assert updater.compiled_steps(model) == steps  # nothing traced again
     compile_model(model, keras.optimizers.Adam(1e-3))
     fit(model, x, y, epochs=2)
-    assert all(a is not b for a, b in zip(updater._STEPS[model].values(), steps.values()))
+    assert all(a is not b for a, b in zip(updater.compiled_steps(model).values(), steps.values()))
     for w in wrappers(model):
         assert step_of(w) == 12
         for _, mask, _ in w.pruning_vars:

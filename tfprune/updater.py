@@ -81,7 +81,7 @@ class HostSchedule:
 
 
 # The compiled steps of each model, kept across `fit` calls:
-# {model: (plain train function, {due jobs: train function})}.
+# {model: (the jobs they were traced for, {due job indices: train function})}.
 _STEPS = weakref.WeakKeyDictionary()
 
 
@@ -90,23 +90,25 @@ class StepVariants:
 
     `select(due)` marks the due wrappers (read when a step is traced) and
     makes `model.train_function` the step compiled for them, tracing it on
-    first use. Created at the start of `fit`; `fresh` drops the steps kept
-    from an earlier `fit` (the model was recompiled or its wrappers changed).
+    first use. Created at the start of `fit`, it keeps the steps of an
+    earlier `fit` unless `fresh` (the wrappers changed), the model was
+    compiled again (its train function is not one of them) or the jobs
+    differ.
     """
 
     def __init__(self, model, schedule, fresh):
         self.model = model
         self.jobs = schedule.jobs
-        kept = _STEPS.get(model)
+        jobs = tuple((id(pruner), *map(id, members)) for pruner, members in self.jobs)
+        kept_jobs, steps = _STEPS.get(model, (None, {}))
         current = getattr(model, "train_function", None)
-        if fresh or kept is None or current is None or not _holds(kept, current):
+        self.current = next((due for due, fn in steps.items() if fn is current), None)
+        if fresh or kept_jobs != jobs or self.current is None:
             self._mark(())
-            kept = {(): _new_train_function(model)}
-            _STEPS[model] = kept
-        self.steps = kept
-        self.current = next(key for key, fn in kept.items() if fn is current) if (
-            _holds(kept, current)
-        ) else ()
+            steps = {(): _new_train_function(model)}
+            _STEPS[model] = (jobs, steps)
+            self.current = ()
+        self.steps = steps
 
     def select(self, due):
         if due == self.current:
@@ -153,8 +155,12 @@ def _new_train_function(model):
     return model.train_function
 
 
-def _holds(kept, function):
-    return any(fn is function for fn in kept.values())
+def compiled_steps(model):
+    """`{due job indices: train function}` kept for `model` ({} if none)."""
+    try:
+        return dict(_STEPS.get(model, (None, {}))[1])
+    except TypeError:  # pragma: no cover (not weakly referenceable)
+        return {}
 
 
 def forget(model):
