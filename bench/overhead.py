@@ -235,6 +235,7 @@ def worker(cfg):
             start = time.perf_counter()
             train(variant, max(1, -(-(freq + 1) // steps_per_epoch)))
             warm[variant] = time.perf_counter() - start
+        print(f"{model_name}: warm-up {warm}", flush=True)  # progress, in the worker's log
         epochs = cfg["epochs_per_slot"][model_name]
         slots = {v: [] for v in variants}
         for r in range(cfg["rounds"]):
