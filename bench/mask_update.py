@@ -49,8 +49,10 @@ def _compiler(backend):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        def sync(value):
-            return [v.numpy() for v in tf.nest.flatten(value) if v.shape.rank == 0]
+        def sync(value):  # a scalar read waits for the computation
+            return [
+                v.numpy() for v in tf.nest.flatten(value) if tf.is_tensor(v) and v.shape.rank == 0
+            ]
 
         return (lambda fn, xla=False: tf.function(fn, jit_compile=xla)), sync
     if backend == "jax":
