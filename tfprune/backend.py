@@ -113,6 +113,24 @@ def scan_slice():
     return (1 << 18) if jax.default_backend() == "cpu" else None
 
 
+_FUSED = {}
+
+
+def fused(fn):
+    """`fn` compiled with XLA on TensorFlow, where the training step may not
+    be (Keras leaves XLA off on CPU): its element-wise ops then run as one
+    kernel instead of one each (the 4096x4096 radix select: 53 -> 42 ms).
+    Inside a step compiled with XLA it is inlined. Elsewhere `fn` itself.
+    """
+    if name() != "tensorflow":
+        return fn
+    if fn not in _FUSED:
+        import tensorflow as tf
+
+        _FUSED[fn] = tf.function(fn, jit_compile=True, autograph=False)
+    return _FUSED[fn]
+
+
 def dynamic_shapes_allowed():
     """True where ops run eagerly (PyTorch), so boolean indexing is cheap and legal."""
     return name() == "torch"

@@ -148,6 +148,11 @@ def _select(scores, k):
         above = ops.sum(ops.cast(ops.greater(flat, threshold), "int32"))
         ties = ops.sum(ops.cast(ops.equal(flat, threshold), "int32"))
         return threshold, k - above, ties
+    return backend.fused(_radix_select)(flat, k)
+
+
+def _radix_select(flat, k):
+    """`_select` by two histograms (see `kth_largest`)."""
     if backend.dynamic_shapes_allowed():
         # Eager: the second pass gathers the few elements of the bin.
         bits = ops.view(flat, "int32")
