@@ -494,6 +494,27 @@ def bind(wrappers):
     return changed
 
 
+def groups(wrappers):
+    """`[(pruner, members)]`: the built wrappers whose masks are computed
+    together, each group once. A layer-wise pruner updates each member alone;
+    a cross-layer one (global ranking, coupled channels) all its built
+    members at once.
+    """
+    found, seen = [], set()
+    for wrapper in wrappers:
+        if not wrapper._state_built:
+            continue
+        pruner = wrapper.pruner
+        members = [wrapper]
+        if pruner.cross_layer:
+            members = [m for m in pruner.members if m._state_built] or members
+        key = tuple(id(m) for m in members)
+        if key not in seen:
+            seen.add(key)
+            found.append((pruner, members))
+    return found
+
+
 def update_masks(wrappers, sparsity=None):
     """Recomputes every mask now (outside training), eagerly.
 
@@ -505,18 +526,9 @@ def update_masks(wrappers, sparsity=None):
         if isinstance(sparsity, dict):
             raise TypeError(f"Argument `sparsity` must be a float. Received: sparsity={sparsity!r}")
     bind(wrappers)
-    jobs, done = [], set()
-    for wrapper in wrappers:
-        pruner = wrapper.pruner
-        if not wrapper._state_built:
-            continue
-        members = [wrapper] if not pruner.cross_layer else [
-            m for m in pruner.members if m._state_built
-        ]
-        key = tuple(id(m) for m in members)
-        if key in done:
-            continue
-        done.add(key)
+    jobs = []
+    for pruner, members in groups(wrappers):
+        wrapper = members[0]
         target = sparsity
         if target is None:
             if pruner.pruning_schedule is None:

@@ -27,27 +27,7 @@ import weakref
 
 from keras import ops
 
-
-def jobs_of(wrappers):
-    """`[(pruner, members)]`: the wrappers whose masks are computed together.
-
-    A layer-wise pruner updates each member alone; a cross-layer one (global
-    ranking, coupled channels) all its built members at once.
-    """
-    jobs, seen = [], set()
-    for wrapper in wrappers:
-        if not (wrapper._state_built and wrapper.pruning_vars):
-            continue
-        pruner = wrapper.pruner
-        if pruner.cross_layer:
-            members = [m for m in pruner.members if m._state_built] or [wrapper]
-        else:
-            members = [wrapper]
-        key = tuple(id(m) for m in members)
-        if key not in seen:
-            seen.add(key)
-            jobs.append((pruner, members))
-    return jobs
+from tfprune import pruner as pruner_lib
 
 
 class HostSchedule:
@@ -60,7 +40,7 @@ class HostSchedule:
     """
 
     def __init__(self, wrappers):
-        self.jobs = jobs_of(wrappers)
+        self.jobs = pruner_lib.groups([w for w in wrappers if w.pruning_vars])
         self.steps = [
             max(int(ops.convert_to_numpy(members[0].pruning_step)), 0)
             for _, members in self.jobs
