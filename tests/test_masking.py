@@ -6,7 +6,7 @@ import pytest
 from conftest import to_numpy
 from helpers import keep_count
 
-from tfprune import masking
+from tfprune import masking, scoring
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 1000, 65537])
@@ -174,3 +174,69 @@ def test_radix_select_compiled_matches_sort(case, sparsity):
         mask, threshold = fn(scores, np.float32(sparsity))
         assert float(to_numpy(threshold)) == expected, name
         assert to_numpy(mask).tolist() == (scores >= expected).tolist(), name
+
+
+def _top_k_reference(scores, k, eligible=None):
+    """The k largest scores, ties by position (lower index first)."""
+    scores = np.where(eligible, scores, 0) if eligible is not None else scores
+    order = np.lexsort((np.arange(scores.size), -scores))
+    keep = np.zeros(scores.size, bool)
+    candidates = order if eligible is None else order[eligible[order]]
+    keep[candidates[:k]] = True
+    return keep
+
+
+def _compiled(fn):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+@pytest.mark.parametrize("k_fraction", [0.05, 0.1, 0.6])
+def test_element_scores_of_masked_weights_match_numpy(k_fraction):
+    # Large enough for the sliced scans (with a remainder), a tenth of the
+    # weights pruned (stored zeros), a run of ties, and masked-out weights
+    # that are not zero (forward-only masks): their score must be 0.
+    rng = np.random.default_rng(3)
+    n = 2**19 + 2**18 + 777
+    w = rng.normal(size=n).astype("float32")
+    w[rng.random(n) < 0.1] = 0.0
+    w[1000:6000] = 2.5
+    mask = rng.random(n) > 0.3
+    scores = np.abs(np.where(mask, w, 0)).astype("float32")
+    k = int(n * k_fraction)
+    of_masked = masking.of_masked(scoring.magnitude)
+    lazy = masking.ElementScores(of_masked, (w, mask))
+
+    top_k = _compiled(lambda w, m: masking.top_k_mask(masking.ElementScores(of_masked, (w, m)), k))
+    keep, threshold = top_k(w, mask)
+    assert to_numpy(keep).tolist() == _top_k_reference(scores, k).tolist()
+    assert float(to_numpy(threshold)) == np.sort(scores)[::-1][k - 1]
+
+    tfmot = _compiled(
+        lambda w, m: masking.threshold_mask(masking.ElementScores(of_masked, (w, m)), 1 - k / n)
+    )
+    keep, threshold = tfmot(w, mask)
+    kept = keep_count(n, 1 - k / n)
+    expected = np.sort(scores)[::-1][kept - 1]
+    assert float(to_numpy(threshold)) == expected
+    assert to_numpy(keep).tolist() == (scores >= expected).tolist()
+    assert float(to_numpy(masking.kth_largest(lazy, k))) == np.sort(scores)[::-1][k - 1]
+
+
+def test_top_k_with_eligible_on_sliced_scans():
+    rng = np.random.default_rng(4)
+    n = 2**19 + 2**18 + 5
+    scores = np.abs(rng.normal(size=n)).astype("float32")
+    scores[rng.random(n) < 0.5] = 0.0
+    eligible = rng.random(n) < 0.7
+    for k in (1000, int(0.5 * n)):  # the second: fewer eligible non-zeros than k
+        keep, _ = _compiled(lambda s, e, k=k: masking.top_k_mask(s, k, e))(scores, eligible)
+        assert to_numpy(keep).tolist() == _top_k_reference(scores, k, eligible).tolist()

@@ -101,16 +101,23 @@ def host_counts_steps():
 def scan_slice():
     """Elements per slice for whole-tensor scans (histograms), or None.
 
-    JAX on a CPU: XLA writes each whole-tensor temporary to fresh memory on
-    every call, and its page faults cost more than the scan, so scans go
-    over slices of 2**18 elements (1 MB) in a loop. Accelerators and the
-    other backends scan at once.
+    XLA on a CPU (JAX, and TensorFlow's `fused` functions) writes each
+    whole-tensor temporary to fresh memory on every call, and its page
+    faults cost more than the scan, so scans go over slices of 2**18
+    elements (1 MB) in a loop. Accelerators and PyTorch scan at once.
     """
-    if name() != "jax":
-        return None
-    import jax
+    backend = name()
+    if backend == "jax":
+        import jax
 
-    return (1 << 18) if jax.default_backend() == "cpu" else None
+        on_cpu = jax.default_backend() == "cpu"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        on_cpu = not tf.config.list_logical_devices("GPU")
+    else:
+        on_cpu = False
+    return (1 << 18) if on_cpu else None
 
 
 _FUSED = {}

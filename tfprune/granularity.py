@@ -57,6 +57,8 @@ class Selection:
         unit_scores: `[scores of scored weights] -> 1-D unit scores`.
         expand: `1-D boolean keep -> [mask of each masked weight]`.
         pattern: for pattern granularities, `[scores] -> [mask]` (no budget).
+        elementwise: the units are the elements of the one scored weight, in
+            order (`unit_scores` only flattens).
     """
 
     scored: tuple
@@ -66,6 +68,7 @@ class Selection:
     unit_scores: Callable
     expand: Callable
     pattern: Callable = None
+    elementwise: bool = False
 
 
 REDUCTIONS = ("mean", "sum", "max", "l2")
@@ -138,6 +141,7 @@ def _flat_selection(index, shape):
         tuple(shape),
         lambda scores: ops.reshape(scores[0], (-1,)),
         lambda keep: [ops.reshape(keep, shape)],
+        elementwise=True,
     )
 
 

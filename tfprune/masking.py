@@ -28,6 +28,7 @@ Example:
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 from keras import ops
@@ -65,29 +66,93 @@ def _low_ids(values, high_bin):
     return ops.bitwise_and(ops.subtract(ops.view(values, "int32"), base), 0x7FFFFFFF)
 
 
-def _scanned_histogram(values, ids_of, length):
-    """`histogram(ids_of(values), length)` of 1-D `values`, in slices where
-    that is faster.
+def _float32(scores):
+    return ops.cast(scores, "float32")
 
-    XLA on a CPU writes each whole-tensor temporary (the bit patterns, the
-    ids) to fresh memory on every call, and the page faults cost more than
-    the histogram; a loop over slices of `backend.scan_slice()` elements
-    keeps the temporaries in cache (about 4x faster for 16M elements).
-    Elsewhere one pass.
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ElementScores:
+    """Scores given as `fn(*sources)`, an element-wise function of tensors of
+    one shape, computed where they are read.
+
+    A mask update reads its scores three times (two histograms and the
+    compare that writes the mask). Given the sources, each read computes the
+    scores inside its own loop or fused kernel, so no whole-tensor copy of
+    them is stored: the magnitude of a masked weight is `fn(weight, mask)`.
+    `fn` should be one module-level function (compiled selections are keyed
+    on it). A plain tensor is `ElementScores.of(tensor)`.
+
+    Example:
+    >>> scores = ElementScores(lambda w: ops.abs(w), (np.array([-3.0, 1.0], "float32"),))
+    >>> ops.convert_to_numpy(scores.value()).tolist()
+    [3.0, 1.0]
     """
-    size = values.shape[0]
+
+    fn: object
+    sources: tuple
+
+    @classmethod
+    def of(cls, scores):
+        if isinstance(scores, ElementScores):
+            return scores
+        return cls(_float32, (scores,))
+
+    @property
+    def shape(self):
+        return tuple(self.sources[0].shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+    def value(self):
+        """The scores as one float32 tensor."""
+        return ops.cast(self.fn(*self.sources), "float32")
+
+    def flat(self):
+        return ElementScores(self.fn, tuple(ops.reshape(s, (-1,)) for s in self.sources))
+
+    def part(self, start, size):
+        """Scores of flat elements `[start, start + size)` (of a flat `self`)."""
+        return ElementScores(
+            self.fn, tuple(ops.slice(s, (start,), (size,)) for s in self.sources)
+        ).value()
+
+
+@functools.cache
+def of_masked(score):
+    """`fn(weight, mask)`: `score` of the masked weight, one function per
+    `score` (an `ElementScores` function for a pruning wrapper's weights)."""
+
+    def score_of_masked(weight, mask):
+        return score(backend.masked(weight, mask))
+
+    return score_of_masked
+
+
+def _scanned_histogram(scores, ids_of, length):
+    """`histogram(ids_of(scores.value()), length)` of flat `ElementScores`, in
+    slices where that is faster.
+
+    XLA on a CPU writes each whole-tensor temporary (the scores, their bit
+    patterns, the ids) to fresh memory on every call, and the page faults
+    cost more than the histogram; a loop over slices of
+    `backend.scan_slice()` elements computes them slice by slice in cache
+    (about 4x faster for 16M elements). Elsewhere one pass.
+    """
+    size = scores.size
     piece = backend.scan_slice()
     if piece is None or size < 2 * piece:
-        return histogram(ids_of(values), length)
+        return histogram(ids_of(scores.value()), length)
     pieces = size // piece
 
     def body(i, counts):
-        part = ops.slice(values, (ops.multiply(i, piece),), (piece,))
-        return ops.add(counts, histogram(ids_of(part), length))
+        return ops.add(counts, histogram(ids_of(scores.part(ops.multiply(i, piece), piece)), length))
 
     counts = ops.fori_loop(0, pieces, body, ops.zeros((length,), "int32"))
     if size > pieces * piece:
-        counts = ops.add(counts, histogram(ids_of(values[pieces * piece :]), length))
+        rest = scores.part(pieces * piece, size - pieces * piece)
+        counts = ops.add(counts, histogram(ids_of(rest), length))
     return counts
 
 
@@ -121,7 +186,8 @@ SORT_BELOW = 1 << 14
 
 
 def kth_largest(scores, k):
-    """Exact k-th largest value of non-negative float32 `scores` (any shape).
+    """Exact k-th largest value of non-negative float32 `scores` (any shape;
+    a tensor or `ElementScores`).
 
     Radix select: non-negative IEEE floats order like their bit patterns, so a
     histogram of the high bits locates the bin of the k-th largest value and a
@@ -133,56 +199,22 @@ def kth_largest(scores, k):
     >>> float(kth_largest(np.array([0.5, 3.0, 2.0, 2.0], "float32"), 2))
     2.0
     """
-    return _select(scores, k)[0]
-
-
-def _select(scores, k):
-    """`(t, needed, ties)`: the k-th largest score `t`, how many scores equal
-    `t`, and how many of those the k largest hold.
-    """
-    flat = ops.reshape(ops.cast(scores, "float32"), (-1,))
-    k = ops.cast(k, "int32")
-    size = flat.shape[0]
-    if size < SORT_BELOW:
-        threshold = ops.take(ops.sort(flat), size - k)
-        above = ops.sum(ops.cast(ops.greater(flat, threshold), "int32"))
-        ties = ops.sum(ops.cast(ops.equal(flat, threshold), "int32"))
-        return threshold, k - above, ties
-    return backend.fused(_radix_select)(flat, k)
-
-
-def _radix_select(flat, k):
-    """`_select` by two histograms (see `kth_largest`)."""
-    if backend.dynamic_shapes_allowed():
-        # Eager: the second pass gathers the few elements of the bin.
-        bits = ops.view(flat, "int32")
-        high = ops.right_shift(bits, _LOW_BITS)
-        high_bin, rank = _select_bin(histogram(high, 1 << _HIGH_BITS), k)
-        in_bin = ops.bitwise_and(bits[high == high_bin], (1 << _LOW_BITS) - 1)
-        low_counts = histogram(in_bin, 1 << _LOW_BITS)
-    else:
-        high_counts = _scanned_histogram(flat, _high_ids, 1 << _HIGH_BITS)
-        high_bin, rank = _select_bin(high_counts, k)
-        low_counts = _scanned_histogram(
-            flat, lambda values: _low_ids(values, high_bin), 1 << _LOW_BITS
-        )
-    # A low bin holds one bit pattern: `needed` of its elements are kept.
-    low_bin, needed = _select_bin(low_counts, rank)
-    threshold_bits = ops.bitwise_or(ops.left_shift(high_bin, _LOW_BITS), low_bin)
-    threshold = ops.view(ops.cast(threshold_bits, "int32"), "float32")
-    return threshold, needed, ops.take(low_counts, low_bin)
+    return _compiled(_kth_largest, ElementScores.of(scores), ops.cast(k, "int32"))
 
 
 def threshold_mask(scores, sparsity):
-    """Keeps the `keep_count` largest scores; returns `(mask, threshold)`."""
-    scores = ops.cast(scores, "float32")
-    size = int(np.prod(scores.shape))
-    threshold = kth_largest(scores, keep_count(size, sparsity))
-    return ops.greater_equal(scores, threshold), threshold
+    """Keeps the `keep_count` largest scores and every score tied with the
+    last of them (TFMOT's rule); returns `(mask, threshold)`. `scores`: a
+    tensor or `ElementScores`.
+    """
+    scores = ElementScores.of(scores)
+    keep, threshold = _compiled(_at_or_above_kth, scores, keep_count(scores.size, sparsity))
+    return ops.reshape(keep, scores.shape), threshold
 
 
 def top_k_mask(scores, k, eligible=None):
-    """Exactly the `k` largest of non-negative 1-D float32 `scores`.
+    """Exactly the `k` largest of non-negative 1-D float32 `scores` (a tensor
+    or `ElementScores`).
 
     Ties at the threshold are broken by position (lower index first), so the
     count is exact even where many scores are equal (zeros of pruned weights).
@@ -194,29 +226,95 @@ def top_k_mask(scores, k, eligible=None):
     >>> ops.convert_to_numpy(mask).astype(int).tolist()
     [1, 1, 1, 0, 0]
     """
-    scores = ops.cast(scores, "float32")
+    return _compiled(_top_k, ElementScores.of(scores), ops.cast(k, "int32"), eligible)
+
+
+def _compiled(select, scores, *args):
+    """`select(sources, fn, *args)` on the flat scores, as one compiled
+    function where it pays (`backend.fused`: XLA on TensorFlow)."""
+    scores = scores.flat()
+    if backend.dynamic_shapes_allowed():
+        # Eager ops store every result anyway: compute the scores once.
+        scores = ElementScores.of(scores.value())
+    if scores.size < SORT_BELOW:
+        return select(scores.sources, scores.fn, *args)
+    return backend.fused(select)(scores.sources, scores.fn, *args)
+
+
+def _kth_largest(sources, fn, k):
+    return _select(ElementScores(fn, tuple(sources)), k)[0]
+
+
+def _at_or_above_kth(sources, fn, k):
+    scores = ElementScores(fn, tuple(sources))
+    threshold = _select(scores, k)[0]
+    return ops.greater_equal(scores.value(), threshold), threshold
+
+
+def _top_k(sources, fn, k, eligible):
+    scores = ElementScores(fn, tuple(sources))
     if eligible is not None:
-        scores = ops.where(eligible, scores, ops.zeros_like(scores))
-    k = ops.cast(k, "int32")
+        values = scores.value()
+        scores = ElementScores.of(ops.where(eligible, values, ops.zeros_like(values)))
     threshold, needed, ties = _select(scores, ops.maximum(k, 1))
-    at_or_above = ops.greater_equal(scores, threshold)
 
-    def by_position():  # some scores equal to the threshold are left out
-        above = ops.greater(scores, threshold)
-        ties = ops.equal(scores, threshold)
+    def first_ties():
+        """Index after the last tie kept: the first `room` ties by position."""
+        values = scores.value()
+        tied = ops.equal(values, threshold)
         if eligible is not None:
-            ties = ops.logical_and(ties, eligible)
-        room = k - ops.sum(ops.cast(above, "int32"))
-        tie_rank = ops.cumsum(ops.cast(ties, "int32"))
-        return ops.logical_or(above, ops.logical_and(ties, ops.less_equal(tie_rank, room)))
+            tied = ops.logical_and(tied, eligible)
+        room = k - ops.sum(ops.cast(ops.greater(values, threshold), "int32"))
+        before = ops.sum(ops.cast(ops.less(ops.cumsum(ops.cast(tied, "int32")), room), "int32"))
+        return ops.where(ops.greater(room, 0), before + 1, 0)
 
+    size = scores.size
     if eligible is None:
         # Usually every score equal to the threshold is kept: the scan over
         # positions (a cumulative sum) runs only when some are not.
-        keep = ops.cond(ops.equal(needed, ties), lambda: at_or_above, by_position)
+        limit = ops.cond(ops.equal(needed, ties), lambda: ops.convert_to_tensor(size), first_ties)
     else:
-        keep = by_position()
-    return ops.logical_and(keep, ops.greater(k, 0)), threshold
+        limit = first_ties()
+    # One element-wise pass: above the threshold, or a tie before the limit.
+    values = scores.value()
+    tied = ops.logical_and(
+        ops.equal(values, threshold), ops.less(ops.arange(size, dtype="int32"), limit)
+    )
+    if eligible is not None:
+        tied = ops.logical_and(tied, eligible)
+    keep = ops.logical_and(ops.logical_or(ops.greater(values, threshold), tied), ops.greater(k, 0))
+    return keep, threshold
+
+
+def _select(scores, k):
+    """`(t, needed, ties)` of flat `ElementScores`: the k-th largest score
+    `t`, how many scores equal `t`, and how many of those the k largest hold.
+    """
+    size = scores.size
+    if size < SORT_BELOW:
+        flat = scores.value()
+        threshold = ops.take(ops.sort(flat), size - k)
+        above = ops.sum(ops.cast(ops.greater(flat, threshold), "int32"))
+        ties = ops.sum(ops.cast(ops.equal(flat, threshold), "int32"))
+        return threshold, k - above, ties
+    if backend.dynamic_shapes_allowed():
+        # Eager: the second pass gathers the few elements of the bin.
+        bits = ops.view(scores.value(), "int32")
+        high = ops.right_shift(bits, _LOW_BITS)
+        high_bin, rank = _select_bin(histogram(high, 1 << _HIGH_BITS), k)
+        in_bin = ops.bitwise_and(bits[high == high_bin], (1 << _LOW_BITS) - 1)
+        low_counts = histogram(in_bin, 1 << _LOW_BITS)
+    else:
+        high_counts = _scanned_histogram(scores, _high_ids, 1 << _HIGH_BITS)
+        high_bin, rank = _select_bin(high_counts, k)
+        low_counts = _scanned_histogram(
+            scores, lambda values: _low_ids(values, high_bin), 1 << _LOW_BITS
+        )
+    # A low bin holds one bit pattern: `needed` of its elements are kept.
+    low_bin, needed = _select_bin(low_counts, rank)
+    threshold_bits = ops.bitwise_or(ops.left_shift(high_bin, _LOW_BITS), low_bin)
+    threshold = ops.view(ops.cast(threshold_bits, "int32"), "float32")
+    return threshold, needed, ops.take(low_counts, low_bin)
 
 
 def non_negative(scores):

@@ -311,33 +311,28 @@ class Pruner:
         if isinstance(self.granularity, structured.Coupled):
             with _AutocastScope(None):
                 return structured.compute(self, members, sparsity)
-        entries = []  # (wrapper, selection, unit scores)
+        updates = []
         with _AutocastScope(None):
+            entries = []  # (wrapper, selection index, selection, its scores)
             for m in members:
-                values = m._scoring_values()
-                scores = self.criterion.scores(values, m._criterion_state)
-                for j, selection in enumerate(m._selections):
-                    entries.append((m, j, selection, values, scores))
+                member_scores = _MemberScores(self.criterion, m)
+                entries += [(m, j, sel, member_scores) for j, sel in enumerate(m._selections)]
             if self.granularity.pattern:
                 keeps = None
             else:
-                units = [
-                    sel.unit_scores([scores[i] for i in sel.scored])
-                    for _, _, sel, _, scores in entries
-                ]
+                units = [scores.units(sel) for _, _, sel, scores in entries]
                 keeps, thresholds, sigma_updates = self._select(entries, units, sparsity)
-        updates = []
-        for n, (m, _, sel, _, scores) in enumerate(entries):
-            if keeps is None:
-                masks = sel.pattern([scores[i] for i in sel.scored])
-                threshold = ops.convert_to_tensor(0.0, "float32")
-            else:
-                masks = sel.expand(keeps[n])
-                threshold = thresholds[n]
-            for i, mask in zip(sel.masked, masks):
-                _, mask_var, threshold_var = m.pruning_vars[i]
-                updates.append((mask_var, ops.cast(mask, "bool")))
-                updates.append((threshold_var, ops.reshape(ops.cast(threshold, "float32"), ())))
+            for n, (m, _, sel, scores) in enumerate(entries):
+                if keeps is None:
+                    masks = sel.pattern([scores.scores[i] for i in sel.scored])
+                    threshold = ops.convert_to_tensor(0.0, "float32")
+                else:
+                    masks = sel.expand(keeps[n])
+                    threshold = thresholds[n]
+                for i, mask in zip(sel.masked, masks):
+                    _, mask_var, threshold_var = m.pruning_vars[i]
+                    updates.append((mask_var, ops.cast(mask, "bool")))
+                    updates.append((threshold_var, ops.reshape(ops.cast(threshold, "float32"), ())))
         if keeps is not None:
             updates += sigma_updates
         for m in members:
@@ -348,8 +343,10 @@ class Pruner:
         """Which units each selection keeps: `(keeps, thresholds, sigma updates)`."""
         kind = self.scope.kind
         infos = [
-            SelectionInfo(m.layer.name, sel.shape, sel.size) for m, _, sel, _, _ in entries
+            SelectionInfo(m.layer.name, sel.shape, sel.size) for m, _, sel, _ in entries
         ]
+        if kind != "budget":  # thresholds and global rankings read tensors
+            units = [_as_tensor(u) for u in units]
         if kind == "threshold":
             return self._select_by_threshold(entries, units, infos)
         if self.criterion.signed:
@@ -416,9 +413,9 @@ class Pruner:
 
     def _select_by_threshold(self, entries, units, infos):
         keeps, thresholds, updates = [], [], []
-        for (m, j, sel, values, _), u, info in zip(entries, units, infos):
+        for (m, j, sel, scores), u, info in zip(entries, units, infos):
             sigma_var = m._sigmas[j]
-            weight = ops.cast(values[sel.scored[0]], "float32")
+            weight = ops.cast(scores.values[sel.scored[0]], "float32")
             sigma = ops.where(
                 ops.less(backend.read(sigma_var), 0.0), ops.std(weight), backend.read(sigma_var)
             )
@@ -459,6 +456,36 @@ class Pruner:
             f"Pruner({self.pruning_schedule!r}, criterion={self.criterion!r}, "
             f"granularity={self.granularity!r}, scope={self.scope!r})"
         )
+
+
+class _MemberScores:
+    """One wrapper's scoring values, scores and unit scores, each computed
+    when first asked for: element-wise scores of element units stay
+    `masking.ElementScores`, computed where the selection reads them."""
+
+    def __init__(self, criterion, wrapper):
+        self.criterion = criterion
+        self.wrapper = wrapper
+
+    @functools.cached_property
+    def values(self):
+        return self.wrapper._scoring_values()
+
+    @functools.cached_property
+    def scores(self):
+        return self.criterion.scores(self.values, self.wrapper._criterion_state)
+
+    def units(self, selection):
+        score = self.criterion.element_score
+        if selection.elementwise and score is not None:
+            return self.wrapper._element_scores(selection.scored[0], score)
+        return selection.unit_scores([self.scores[i] for i in selection.scored])
+
+
+def _as_tensor(units):
+    if isinstance(units, masking.ElementScores):
+        return units.flat().value()
+    return units
 
 
 def _best_unit(unit_scores, size):

@@ -51,6 +51,11 @@ def magnitude(weight):
     return ops.abs(ops.cast(weight, "float32"))
 
 
+def squared_magnitude(weight):
+    """`w**2`, the L2 magnitude saliency."""
+    return ops.square(ops.cast(weight, "float32"))
+
+
 class Criterion(Configurable):
     """Base class of importance criteria.
 
@@ -66,11 +71,16 @@ class Criterion(Configurable):
             last); the layer must have a single pruned weight with output
             channels.
         signed: scores may be negative (only their order matters).
+        element_score: None, or a module-level function `score(weight)`
+            when each score is a function of its own weight only (then a
+            mask update computes the scores where it reads them, see
+            `masking.ElementScores`).
     """
 
     needs_gradients = False
     needs_outputs = False
     signed = False
+    element_score = None
 
     def build(self, add_weight, weights, specs):
         """Creates the criterion's state: returns `{name: variable}`.
@@ -110,11 +120,13 @@ class Magnitude(Criterion):
             raise ValueError(f"Argument `p` must be 1 or 2. Received: p={p!r}")
         self.p = p
 
+    @property
+    def element_score(self):
+        return magnitude if self.p == 1 else squared_magnitude
+
     def scores(self, weights, state):
         del state
-        if self.p == 1:
-            return [magnitude(w) for w in weights]
-        return [ops.square(ops.cast(w, "float32")) for w in weights]
+        return [self.element_score(w) for w in weights]
 
     def get_config(self):
         return {"p": self.p}
