@@ -15,10 +15,9 @@ Example:
 
 import keras
 
-from tfprune import backend, cloning, graph, masking, scoring, structured
+from tfprune import backend, cloning, graph, masking, scoring, structured, updater
 from tfprune import granularity as granularity_lib
 from tfprune import layers as layer_specs
-from tfprune import pruner as pruner_lib
 from tfprune import schedules as schedules_lib
 from tfprune.policy import PruningPolicy
 from tfprune.pruner import Pruner
@@ -227,7 +226,7 @@ def prune(
         _check_names(to_prune, layers, pruner)
     if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
         wrapped = wrap(to_prune)
-        pruner_lib.bind([wrapped])
+        updater.bind([wrapped])
         return wrapped
     result = _wrap(to_prune, wrap, applies_to, pruning_policy, "prune")
     wrappers = (
@@ -241,7 +240,7 @@ def prune(
             f"can prune (granularity={pruner.granularity!r}, layers={layers!r}, "
             f"scope={pruner.scope!r})."
         )
-    pruner_lib.bind(wrappers)
+    updater.bind(wrappers)
     if coupled:
         structured.bind(pruner, result)
     return result
@@ -381,9 +380,9 @@ def update_masks(model, sparsity=None):
     """
     wrappers = collect_prunable_layers(model)
     if isinstance(model, keras.Model) and cloning.is_graph_model(model):
-        pruner_lib.bind(wrappers)
+        updater.bind(wrappers)
         structured.bind_model(model, wrappers)
-    pruner_lib.update_masks(wrappers, sparsity)
+    updater.update_masks(wrappers, sparsity)
     for wrapper in wrappers:
         wrapper.keep_stored_weights_sparse()
 

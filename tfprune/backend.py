@@ -187,29 +187,35 @@ def attributes(owner):
 
 
 def compiled_updates(compute, reads, targets):
-    """`[(variable, new value)]` of `compute()`, compiled as one function on JAX.
+    """`update(*args) -> [(variable, new value)]` running `compute(*args)`,
+    compiled once on JAX.
 
     Eager JAX compiles every small op it meets; a mask update outside
-    training (`update_masks`) is hundreds of them. On JAX `compute` runs once
-    under `jax.jit` in a `StatelessScope` over `reads` (every variable it
-    reads); `targets` are the variables whose new values come back (their
-    current values where `compute` leaves them). Elsewhere it runs eagerly.
+    training (`update_masks`) is hundreds of them. On JAX `compute` runs
+    under one `jax.jit` in a `StatelessScope` over `reads` (every variable it
+    reads), traced on the first call and reused while the arguments keep
+    their shapes; `targets` are the variables whose new values come back
+    (their current values where `compute` leaves them). Elsewhere `update`
+    runs `compute` eagerly.
     """
     if name() != "jax":
-        return compute()
+        return compute
     import jax
     from keras.src.backend.common.stateless_scope import StatelessScope
 
-    def pure(values):
+    @jax.jit
+    def pure(values, args):
         with StatelessScope(state_mapping=list(zip(reads, values))) as scope:
-            updates = {id(v): value for v, value in compute()}
+            updates = {id(v): value for v, value in compute(*args)}
             return [
                 updates[id(v)] if id(v) in updates else scope.get_current_value(v)
                 for v in targets
             ]
 
-    values = jax.jit(pure)([v.value for v in reads])
-    return list(zip(targets, values))
+    def update(*args):
+        return list(zip(targets, pure([v.value for v in reads], args)))
+
+    return update
 
 
 def pieces_by_device(variable, axes):

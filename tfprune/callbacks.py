@@ -9,7 +9,6 @@ import os
 import keras
 import numpy as np
 
-from tfprune import pruner as pruner_lib
 from tfprune import structured
 from tfprune import updater as updater_lib
 from tfprune.wrapper import collect_prunable_layers
@@ -72,7 +71,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 layer.pruning_step.assign(0)
         retrace = any(not layer._step_callback_attached for layer in self.prunable_layers)
         # Wrappers of one pruner act together (a global threshold).
-        retrace = pruner_lib.bind(self.prunable_layers) or retrace
+        retrace = updater_lib.bind(self.prunable_layers) or retrace
         structured.bind_model(self.model, self.prunable_layers)
         host = self._host_decides()
         for layer in self.prunable_layers:

@@ -1,4 +1,12 @@
-"""Mask updates scheduled by the host between the training steps of `fit`.
+"""Running mask updates: which wrappers update together, now, or at the
+steps of `fit` the host schedules.
+
+- `bind` gives the wrappers of one pruner one shared `Pruner`; `groups`
+  splits wrappers into update jobs (a layer-wise pruner updates each
+  wrapper alone, a cross-layer one all its members at once).
+- `update_masks` recomputes every job's masks now, outside training (on JAX
+  as one compiled function per job, kept for the next call).
+- `HostSchedule` and `StepVariants` schedule the updates inside `fit`.
 
 Inside `fit` the host knows which step runs next, so `UpdatePruningStep`
 asks each pruner's schedule on the host (NumPy, microseconds) before every
@@ -23,11 +31,113 @@ Example:
 ()
 """
 
+import functools
 import weakref
 
+import numpy as np
 from keras import ops
 
-from tfprune import pruner as pruner_lib
+from tfprune import allocation, backend
+from tfprune.pruner import assign
+
+
+def bind(wrappers):
+    """Gives the wrappers of one pruner (same `group`) one shared `Pruner`.
+
+    Wrappers loaded from a file each hold a copy of their pruner; a pruner
+    that ranks across layers needs them together. Returns True when anything
+    changed (a compiled step must then be traced again).
+    """
+    groups, changed = {}, False
+    for wrapper in wrappers:
+        pruner = groups.setdefault(wrapper.pruner.group, wrapper.pruner)
+        if wrapper.pruner is not pruner:
+            wrapper._set_pruner(pruner)
+            changed = True
+    for pruner in groups.values():
+        members = [w for w in wrappers if w.pruner is pruner]
+        if [id(m) for m in pruner.members] != [id(m) for m in members]:
+            pruner.members = members
+            changed = True
+    return changed
+
+
+def groups(wrappers):
+    """`[(pruner, members)]`: the built wrappers whose masks are computed
+    together, each group once. A layer-wise pruner updates each member alone;
+    a cross-layer one (global ranking, coupled channels) all its built
+    members at once.
+    """
+    found, seen = [], set()
+    for wrapper in wrappers:
+        if not wrapper._state_built:
+            continue
+        pruner = wrapper.pruner
+        members = [wrapper]
+        if pruner.cross_layer:
+            members = [m for m in pruner.members if m._state_built] or members
+        key = tuple(id(m) for m in members)
+        if key not in seen:
+            seen.add(key)
+            found.append((pruner, members))
+    return found
+
+
+def update_masks(wrappers, sparsity=None):
+    """Recomputes every mask now (outside training), eagerly.
+
+    `sparsity` overrides the schedule's target; None uses the schedule's
+    value at each wrapper's current step.
+    """
+    if sparsity is not None:
+        allocation.per_layer("sparsity", sparsity)  # a float in [0, 1)
+        if isinstance(sparsity, dict):
+            raise TypeError(f"Argument `sparsity` must be a float. Received: sparsity={sparsity!r}")
+    bind(wrappers)
+    jobs = []
+    for pruner, members in groups(wrappers):
+        wrapper = members[0]
+        target = sparsity
+        if target is None:
+            if pruner.pruning_schedule is None:
+                if pruner.scope.kind != "threshold" and not isinstance(
+                    pruner.scope, allocation.Explicit
+                ):
+                    raise ValueError(
+                        "Argument `sparsity` is needed: the pruner has no schedule. "
+                        "Received: sparsity=None"
+                    )
+                target = 0.0
+            else:
+                step = max(int(ops.convert_to_numpy(wrapper.pruning_step)), 0)
+                target = pruner.pruning_schedule(step)[1]
+        if not bool(pruner._ready(members)):
+            raise ValueError(
+                f"Criterion {pruner.criterion!r} has no statistics yet for layer "
+                f"'{wrapper.layer.name}': it needs gradients (train a few steps) or "
+                "activations (`tfprune.collect_statistics(model, data)`) first."
+            )
+        jobs.append((pruner, members, np.float32(target)))
+    # Checked everything first: a failed call changes nothing.
+    for pruner, members, target in jobs:
+        assign(_compiled_update(pruner, members)(target))
+
+
+# The compiled update of each job: {pruner: {member ids: update}}.
+_UPDATES = weakref.WeakKeyDictionary()
+
+
+def _compiled_update(pruner, members):
+    """`update(sparsity) -> [(variable, new value)]` of one job, compiled
+    once per job (`backend.compiled_updates`)."""
+    kept = _UPDATES.setdefault(pruner, {})
+    key = tuple(id(m) for m in members)
+    if key not in kept:
+        reads = list({id(v): v for m in members for v in m.weights}.values())
+        kept[key] = backend.compiled_updates(
+            functools.partial(pruner.compute, members), reads, pruner.updated_variables(members)
+        )
+    return kept[key]
 
 
 class HostSchedule:
@@ -40,7 +150,7 @@ class HostSchedule:
     """
 
     def __init__(self, wrappers):
-        self.jobs = pruner_lib.groups([w for w in wrappers if w.pruning_vars])
+        self.jobs = groups([w for w in wrappers if w.pruning_vars])
         self.steps = [
             max(int(ops.convert_to_numpy(members[0].pruning_step)), 0)
             for _, members in self.jobs
