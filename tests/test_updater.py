@@ -93,3 +93,22 @@ def test_a_custom_loop_after_fit_updates_in_the_step():
     assert all(int(m.sum()) == m.size for m in _masks(model))
     model.train_on_batch(x[8:], y[8:])  # step 4: the step updates the masks itself
     assert [int(m.sum()) for m in _masks(model)] == [keep_count(320, 0.5), keep_count(48, 0.5)]
+
+
+def test_fit_masks_stored_weights_before_its_first_step():
+    """Inside `fit` layers may read their stored weights as they are
+    (TensorFlow, PyTorch): pruned weights made non-zero outside training are
+    masked again before the first step, so training sees the masked model."""
+    x, y = data((20,), n=8)
+    model = _model(tfprune.ConstantSparsity(0.5, begin_step=1, frequency=100))
+    fit(model, x, y)  # step 1: masks at 0.5
+    masks = _masks(model)
+    assert int(masks[0].sum()) == keep_count(320, 0.5)
+    kernel = wrappers(model)[0].layer.kernel
+    kernel.assign(np.ones(kernel.shape, "float32"))  # pruned positions non-zero
+    expected = model.evaluate(x, y, verbose=0)  # inference masks in the graph
+    compile_model(model, keras.optimizers.SGD(0.0))
+    history = fit(model, x, y, shuffle=False)  # step 2: no update, weights kept
+    np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-6)
+    stored = to_numpy(kernel)
+    assert np.all(stored[~masks[0]] == 0) and np.all(stored[masks[0]] == 1)

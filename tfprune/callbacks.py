@@ -84,6 +84,8 @@ class UpdatePruningStep(keras.callbacks.Callback):
             trained = [
                 layer for layer in self.prunable_layers if layer.trainable and layer.layer.trainable
             ]
+            for layer in trained:
+                layer.keep_stored_weights_sparse()  # read as they are in the steps
             self._schedule = updater_lib.HostSchedule(trained)
             self._variants = updater_lib.StepVariants(self.model, self._schedule, fresh=retrace)
         elif retrace and getattr(self.model, "compiled", False):

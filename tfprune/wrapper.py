@@ -13,7 +13,12 @@ mask (1 byte per element) and a float32 threshold, plus one `int64`
 
 Inside `fit` the host asks the schedule instead and picks a step compiled
 with the mask update at pruning steps, without it at others
-(`tfprune.updater`): no schedule and no branch in the compiled step.
+(`tfprune.updater`): no schedule and no branch in the compiled step. There,
+on TensorFlow and PyTorch, the stored weights are `weight * mask` at every
+step (masked when training begins, after each update and by the constraint
+below), so the layer reads them as they are: no masked copy in the forward
+pass. Pruned weights then get gradients, as in TFMOT, and the constraint
+discards what the optimizer does with them.
 
 Stored weights of pruned positions are kept at exactly zero: on TensorFlow and
 PyTorch a constraint re-applies the mask after every optimizer update; on
@@ -404,8 +409,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     self.pruner.on_step(self)
                 elif self._update_due:
                     self.pruner.on_step(self, due=True)
-        with self._masked_weights():
+                    if self._stored_weights_masked():
+                        self.apply_mask()  # the new zeros, before the forward pass
+        if training_call and self._stored_weights_masked():
             outputs = self.layer(*args, **kwargs)
+        else:
+            with self._masked_weights():
+                outputs = self.layer(*args, **kwargs)
         if self.pruning_vars and (training_call or self._collecting):
             self.pruner.observe(self, outputs, training_call)
         return outputs
@@ -456,6 +466,24 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self._host_step = None
             self.pruning_step.assign(ops.maximum(self.pruning_step, 0) + 1)
         return True
+
+    def _stored_weights_masked(self):
+        """Whether the stored weights equal the masked ones at every training
+        step, so the layer can read them as they are.
+
+        Inside `fit` (the host schedules the updates) on TensorFlow and
+        PyTorch, the mask constraint zeroes pruned weights after every
+        optimizer update, `UpdatePruningStep` masks them when training
+        begins, and a pruning step masks them after its update. Pruned
+        weights then get gradients, as in TFMOT, but the constraint discards
+        what the optimizer does with them; criteria that read gradients
+        (probes) keep the masked pass.
+        """
+        return (
+            self._host_updates
+            and not self._probes
+            and all(isinstance(w.constraint, _MaskConstraint) for w, _, _ in self.pruning_vars)
+        )
 
     @contextlib.contextmanager
     def _masked_weights(self):
