@@ -561,3 +561,15 @@ def test_training_resumes_from_a_loaded_step(tmp_path):
     for w in wrappers(model):
         assert step_of(w) == 4
         assert_exact_sparsity(w, float(tfprune.PolynomialDecay(0.0, 0.8, 0, 12, frequency=1)(4)[1]))
+
+
+def test_mask_constraint_masks_the_stored_weight_in_slices():
+    from tfprune.wrapper import _MaskConstraint
+
+    values = np.arange(1, 600_001, dtype="float32").reshape(600, 1000)  # 2**18-element slices
+    keep = np.random.default_rng(0).random(values.shape) > 0.5
+    weight = keras.Variable(values)
+    mask = keras.Variable(keep, dtype="bool", trainable=False)
+    weight.assign(_MaskConstraint(mask, keras.constraints.NonNeg())(weight))
+    np.testing.assert_array_equal(to_numpy(weight), np.where(keep, values, 0))
+    np.testing.assert_array_equal(to_numpy(mask), keep)

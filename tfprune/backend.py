@@ -84,6 +84,31 @@ def masked(value, mask):
     return ops.where(ops.convert_to_tensor(mask), value, ops.zeros_like(value))
 
 
+def masked_in_place(value, mask):
+    """`masked(value, mask)` for the mask constraint, which assigns the result
+    back to the variable `value`.
+
+    On PyTorch the stored tensor is multiplied in place, in slices of 2**18
+    elements: a whole-tensor temporary (the mask as floats, the product) is
+    fresh memory on every call and its page faults dominate, and `assign` of
+    the same tensor copies nothing (23.5M weights: 100 -> 7 ms). Elsewhere
+    `masked`.
+    """
+    if name() != "torch":
+        return masked(value, mask)
+    import torch
+
+    tensor = ops.convert_to_tensor(value)
+    if not tensor.is_contiguous():
+        return masked(tensor, mask)
+    as_bytes = ops.convert_to_tensor(mask).view(torch.uint8)
+    piece = 1 << 18
+    with torch.no_grad():
+        for part, keep in zip(tensor.view(-1).split(piece), as_bytes.view(-1).split(piece)):
+            part.mul_(keep.to(part.dtype))
+    return tensor
+
+
 def host_counts_steps():
     """Whether the train step runs op by op in Python (PyTorch, not compiling).
 

@@ -66,7 +66,7 @@ class _MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return backend.masked(w, self.mask)
+        return backend.masked_in_place(w, self.mask)
 
 
 def _attribute_refs(layer, variable):
