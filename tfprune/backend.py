@@ -171,10 +171,22 @@ def dynamic_shapes_allowed():
 def constraints_may_read_variables():
     """Whether a variable's constraint may read another variable (the mask).
 
-    Under JAX `fit` the mask is not part of the compiled optimizer state, so
-    such a constraint fails there.
+    Under JAX `fit` the optimizer updates the weights in a stateless scope
+    of their own, where another variable is not part of the step's state.
+    There the masks are also updated between steps, not inside one
+    (`tfprune.updater`): a mask computed inside the gradient's trace could
+    not reach the optimizer.
     """
     return name() in ("tensorflow", "torch")
+
+
+def traced(value):
+    """Whether `value` (a tensor or variable) is being traced by `jax.jit`."""
+    if name() != "jax":
+        return False
+    import jax
+
+    return isinstance(ops.convert_to_tensor(value), jax.core.Tracer)
 
 
 def branches_may_assign():

@@ -13,17 +13,22 @@ asks each pruner's schedule on the host (NumPy, microseconds) before every
 step and picks one of two kinds of compiled training step:
 
 - a plain step (almost every step at `frequency=100`): the step counter and
-  the masked weights, with no schedule, no branch and no mask computation;
+  the layers on their stored weights, which the mask constraint keeps at
+  zero where pruned; no schedule, no branch and no mask computation;
 - an updating step (pruning steps only): the same, after recomputing the
   masks of the pruners that are due, without a branch.
 
 Each set of due pruners gets its own compiled step, traced on first use and
 kept across `fit` calls, so a pruning step costs one dispatch, as any other
-step, and no value crosses between host and device. Outside `fit` (custom
-loops, `steps_per_execution > 1`) the step decides for itself in the graph.
+step, and no value crosses between host and device. On JAX, whose optimizer
+cannot read a mask computed inside the step, the due jobs instead run
+between two steps as compiled updates of their own, and every step is the
+plain one. Outside `fit` (custom loops, `steps_per_execution > 1`) the step
+decides for itself in the graph.
 
     before step s + 1:  due = {pruner: schedule(s + 1) prunes}
                         model.train_function = compiled step for `due`
+                        (JAX: run the due updates now; the plain step)
 
 Example:
 >>> schedule = HostSchedule([])
@@ -127,17 +132,37 @@ def update_masks(wrappers, sparsity=None):
 _UPDATES = weakref.WeakKeyDictionary()
 
 
-def _compiled_update(pruner, members):
+def _compiled_update(pruner, members, mask_weights=False):
     """`update(sparsity) -> [(variable, new value)]` of one job, compiled
-    once per job (`backend.compiled_updates`)."""
+    once per job (`backend.compiled_updates`). `mask_weights`: the stored
+    weights masked by the new masks come back too."""
     kept = _UPDATES.setdefault(pruner, {})
-    key = tuple(id(m) for m in members)
+    key = (mask_weights, *(id(m) for m in members))
     if key not in kept:
         reads = list({id(v): v for m in members for v in m.weights}.values())
-        kept[key] = backend.compiled_updates(
-            functools.partial(pruner.compute, members), reads, pruner.updated_variables(members)
-        )
+        targets = pruner.updated_variables(members)
+        compute = functools.partial(pruner.compute, members)
+        if mask_weights:
+            compute = functools.partial(_masking_weights, compute, members)
+            targets += _sparse_weights(members)
+        kept[key] = backend.compiled_updates(compute, reads, targets)
     return kept[key]
+
+
+def _sparse_weights(members):
+    """The stored weights that hold their masks' zeros (not forward-only)."""
+    return [w for m in members if not m.forward_only for w, _, _ in m.pruning_vars]
+
+
+def _masking_weights(compute, members, sparsity):
+    """`compute(sparsity)`, plus each stored weight masked by its new mask."""
+    updates = compute(sparsity)
+    new = {id(v): value for v, value in updates}
+    for m in members:
+        if not m.forward_only:
+            for weight, mask, _ in m.pruning_vars:
+                updates.append((weight, backend.masked(weight.value, new.get(id(mask), mask.value))))
+    return updates
 
 
 class HostSchedule:
@@ -188,6 +213,7 @@ class StepVariants:
 
     def __init__(self, model, schedule, fresh):
         self.model = model
+        self.schedule = schedule
         self.jobs = schedule.jobs
         jobs = tuple((id(pruner), *map(id, members)) for pruner, members in self.jobs)
         kept_jobs, steps = _STEPS.get(model, (None, {}))
@@ -201,6 +227,9 @@ class StepVariants:
         self.steps = steps
 
     def select(self, due):
+        if due and not backend.constraints_may_read_variables():
+            self._update_between_steps(due)
+            due = ()
         if due == self.current:
             return
         self._mark(due)
@@ -209,6 +238,23 @@ class StepVariants:
         else:
             self.model.train_function = self.steps[due]
         self.current = due
+
+    def _update_between_steps(self, due):
+        """Runs the due jobs now, between two steps (JAX).
+
+        Under JAX `fit` the optimizer cannot read a mask computed inside the
+        step (`backend.constraints_may_read_variables`), so the host writes
+        the training state back to the variables, runs each due job's
+        compiled update (new masks and the stored weights masked by them,
+        one dispatch) and the trainer reads the state again before the step.
+        Only the sparsity crosses, host to device.
+        """
+        self.model.jax_state_sync()
+        for j in due:
+            pruner, members = self.jobs[j]
+            sparsity = pruner.decision(self.schedule.steps[j])[1]
+            if bool(pruner._ready(members)):
+                assign(_compiled_update(pruner, members, mask_weights=True)(np.float32(sparsity)))
 
     def _mark(self, due):
         due = set(due)

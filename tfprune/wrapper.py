@@ -57,16 +57,31 @@ MISSING_CALLBACK_MESSAGE = (
 
 
 class _MaskConstraint(keras.constraints.Constraint):
-    """Re-applies a mask after each optimizer update (TensorFlow, PyTorch)."""
+    """Re-applies a mask after each optimizer update.
+
+    On JAX the optimizer updates the weights in a scope of its own, where
+    the mask variable is not part of a compiled step's state: there the
+    layer hands over the mask its training step received (`step_mask`, set
+    by each call inside `fit`); a compiled step without one leaves the
+    weight to the masked forward pass.
+    """
 
     def __init__(self, mask, inner=None):
         self.mask = mask
         self.inner = inner
+        self.step_mask = None
 
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return backend.masked_in_place(w, self.mask)
+        if backend.constraints_may_read_variables():
+            return backend.masked_in_place(w, self.mask)
+        mask, self.step_mask = self.step_mask, None  # used by one update only
+        if mask is None:
+            if backend.traced(w):
+                return w
+            mask = self.mask.value
+        return backend.masked(w, mask)
 
 
 def _attribute_refs(layer, variable):
@@ -358,7 +373,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 )
             swaps.append(refs)
         self._untracked("_swaps", swaps)
-        if backend.constraints_may_read_variables() and not self.forward_only:
+        if not self.forward_only:
             for variable, mask, _ in self.pruning_vars:
                 if not isinstance(variable.constraint, _MaskConstraint):
                     variable.constraint = _MaskConstraint(mask, variable.constraint)
@@ -412,6 +427,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     if self._stored_weights_masked():
                         self.apply_mask()  # the new zeros, before the forward pass
         if training_call and self._stored_weights_masked():
+            if not backend.constraints_may_read_variables():
+                for weight, mask, _ in self.pruning_vars:
+                    weight.constraint.step_mask = mask.value  # this step's mask
             outputs = self.layer(*args, **kwargs)
         else:
             with self._masked_weights():
@@ -471,10 +489,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """Whether the stored weights equal the masked ones at every training
         step, so the layer can read them as they are.
 
-        Inside `fit` (the host schedules the updates) on TensorFlow and
-        PyTorch, the mask constraint zeroes pruned weights after every
-        optimizer update, `UpdatePruningStep` masks them when training
-        begins, and a pruning step masks them after its update. Pruned
+        Inside `fit` (the host schedules the updates), the mask constraint
+        zeroes pruned weights after every optimizer update,
+        `UpdatePruningStep` masks them when training begins, and a pruning
+        step masks them after its update (on JAX the host updates masks and
+        weights between two steps, `tfprune.updater`). Pruned
         weights then get gradients, as in TFMOT, but the constraint discards
         what the optimizer does with them; criteria that read gradients
         (probes) keep the masked pass.
