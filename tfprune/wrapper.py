@@ -13,17 +13,18 @@ mask (1 byte per element) and a float32 threshold, plus one `int64`
 
 Inside `fit` the host asks the schedule instead and picks a step compiled
 with the mask update at pruning steps, without it at others
-(`tfprune.updater`): no schedule and no branch in the compiled step. There,
-on TensorFlow and PyTorch, the stored weights are `weight * mask` at every
-step (masked when training begins, after each update and by the constraint
-below), so the layer reads them as they are: no masked copy in the forward
-pass. Pruned weights then get gradients, as in TFMOT, and the constraint
-discards what the optimizer does with them.
+(`tfprune.updater`): no schedule and no branch in the compiled step. There
+the stored weights are `weight * mask` at every step (masked when training
+begins, after each update and by the constraint below), so the layer reads
+them as they are: no masked copy in the forward pass. Pruned weights then
+get gradients, as in TFMOT, and the constraint discards what the optimizer
+does with them.
 
-Stored weights of pruned positions are kept at exactly zero: on TensorFlow and
-PyTorch a constraint re-applies the mask after every optimizer update; on
-every backend the masks are applied to the stored weights at epoch ends, at
-the end of `fit`, when saving and by `strip_pruning`.
+Stored weights of pruned positions are kept at exactly zero: a constraint
+re-applies the mask after every optimizer update (on JAX inside `fit` only,
+where the layer hands it its step's mask); on every backend the masks are
+applied to the stored weights at epoch ends, at the end of `fit`, when saving
+and by `strip_pruning`.
 
 Example:
 >>> import numpy as np
