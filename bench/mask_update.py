@@ -9,12 +9,7 @@ in float32, `threshold` the k-th largest `|w|`, `mask = |w| >= threshold`.
   `PruneLowMagnitude` wrapper of a `Dense(4096)` on 4096 inputs and its
   pruner's `compute` (scores of the masked weight, exact radix select, new
   mask and threshold), compiled as the step is (`tf.function`, plus XLA on
-  TensorFlow; `jax.jit`; eager PyTorch without autograd). First, a layer's
-  first update (no threshold before: two histogram passes); then
-  "tfprune, next update", the update one step after another, as at
-  `frequency=1`: the layer holds the threshold computed on its weights a
-  step earlier (each moved by 1% of their standard deviation), and the
-  select tries that threshold's bin first (one histogram pass).
+  TensorFlow; `jax.jit`; eager PyTorch without autograd).
 - The natural alternatives on the same backend: `np.partition` (NumPy, the
   same data on the host), `tf.math.top_k` / `jax.lax.top_k` with `k`, and
   `torch.kthvalue`; TFMOT's own method, a full sort (`top_k` with `k = n`).
@@ -82,10 +77,9 @@ def _compiler(backend):
     return eager, sync
 
 
-def _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, values, xla=False, last=None):
+def _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, values, xla=False):
     """A compiled `update() -> (mask, threshold)`: one pruner `compute` of a
-    wrapped layer holding `values` as its kernel (the update a step runs).
-    `last`: the threshold the layer holds from an update before."""
+    wrapped layer holding `values` as its kernel (the update a step runs)."""
     if len(shape) == 2:
         layer, inputs = keras.layers.Dense(shape[1]), (None, shape[0])
     else:
@@ -94,8 +88,6 @@ def _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, values, xla=Fal
     wrapper.build(inputs)
     kernel, mask, threshold = wrapper.pruning_vars[0]
     kernel.assign(values)
-    if last is not None:
-        threshold.assign(last)
 
     def compute():
         new = dict((id(v), value) for v, value in wrapper.pruner.compute([wrapper], sparsity))
@@ -197,13 +189,6 @@ def worker(cfg):
             xla = _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, w, xla=True)
             methods["tfprune, XLA"] = (xla, ())
         big = shape == shapes[0]
-        if big:  # the update a step after another: the last threshold is near
-            before = w + np.float32(0.01 * w.std()) * rng.standard_normal(shape, dtype="float32")
-            last = _numpy_mask(before, k)[1]
-            methods["tfprune, next update"] = (
-                _wrapper_update(keras, tfprune, compile_fn, shape, sparsity, w, last=last),
-                (),
-            )
         for name, fn in _alternatives(backend, k, n).items():
             if big or name.startswith("full"):
                 methods[name] = (compile_fn(fn), (x,))
@@ -230,9 +215,9 @@ def worker(cfg):
 
 
 # --------------------------------------------------------------------- parent
-def verdict(backend, methods, method="tfprune"):
-    """`(speed-up over the best alternative, passes, met)` for a tfprune method."""
-    tfprune_ms = methods[method]["ms"]
+def verdict(backend, methods):
+    """`(speed-up over the best alternative, passes, met)` for tfprune."""
+    tfprune_ms = methods["tfprune"]["ms"]
     alternatives = {
         name: m["ms"] for name, m in methods.items()
         if not name.startswith(("tfprune", "pass", "full"))
@@ -260,15 +245,12 @@ def report(runs, size):
                 backend, name, C.fmt(m["ms"], ".1f"), f"{m['ms'] / base:.2f}",
                 "" if same is None else ("yes" if same else "NO"),
             ])  # fmt: skip
-        for method in ("tfprune", "tfprune, next update"):
-            if method not in big["methods"]:
-                continue
-            best, speedup, passes, met = verdict(backend, big["methods"], method)
-            verdicts.append([
-                backend, method, C.fmt(big["methods"][method]["ms"], ".1f"),
-                f"{best} {big['methods'][best]['ms']:.1f}", f"{speedup:.2f}x", f"{passes:.2f}",
-                "report" if met is None else ("yes" if met else "NO"),
-            ])  # fmt: skip
+        best, speedup, passes, met = verdict(backend, big["methods"])
+        verdicts.append([
+            backend, C.fmt(base, ".1f"), f"{best} {big['methods'][best]['ms']:.1f}",
+            f"{speedup:.2f}x", f"{passes:.2f}",
+            "report" if met is None else ("yes" if met else "NO"),
+        ])  # fmt: skip
     small = []
     for backend, run in runs.items():
         for item in run.get("shapes", [])[1:]:
@@ -293,7 +275,7 @@ def report(runs, size):
         f"\nVerdict: tfprune vs the best alternative (target >= {TARGET_SPEEDUP:.0f}x) and in "
         f"float32 passes (target <= {TARGET_PASSES:.0f}); TensorFlow and JAX"
     )
-    print(C.table(["backend", "update", "ms", "best alternative ms", "speed-up", "passes", "met"],
+    print(C.table(["backend", "tfprune ms", "best alternative ms", "speed-up", "passes", "met"],
                   verdicts))  # fmt: skip
 
 

@@ -3,7 +3,7 @@ import functools
 import keras
 import numpy as np
 import pytest
-from conftest import only_backends, to_numpy
+from conftest import to_numpy
 from helpers import keep_count
 
 from tfprune import masking, scoring
@@ -240,55 +240,3 @@ def test_top_k_with_eligible_on_sliced_scans():
     for k in (1000, int(0.5 * n)):  # the second: fewer eligible non-zeros than k
         keep, _ = _compiled(lambda s, e, k=k: masking.top_k_mask(s, k, e))(scores, eligible)
         assert to_numpy(keep).tolist() == _top_k_reference(scores, k, eligible).tolist()
-
-
-@pytest.mark.parametrize("case", ["gaussian", "mostly_zero", "one_bin", "ties"])
-def test_select_near_a_last_threshold_matches_numpy(case):
-    """`near` (the last threshold) gives the same masks whether the new
-    threshold is in its high-bits bin (one pass) or not (the full select):
-    near it, in a neighbouring bin, far off, zero, negative, not a number."""
-    scores = _radix_cases()[case].astype("float32")
-    n = scores.size
-    descending = np.sort(scores)[::-1]
-    k = keep_count(n, 0.9)
-    kth = descending[k - 1]
-    bits = np.array([kth], "float32").view("int32")[0]
-    neighbour = np.array([(bits & ~0x7FFF) - 1], "int32").view("float32")[0]  # the bin below
-    mask_fn = _compiled(lambda s, t: masking.threshold_mask(s, 0.9, near=t))
-    top_fn = _compiled(lambda s, t: masking.top_k_mask(s, k - 7, near=t))
-    for near in (kth, kth * np.float32(1.001), neighbour, 1e30, 0.0, -1.0, np.nan):
-        near = np.float32(near)
-        mask, threshold = mask_fn(scores, near)
-        assert float(to_numpy(threshold)) == kth, near
-        assert to_numpy(mask).tolist() == (scores >= kth).tolist(), near
-        keep, threshold = top_fn(scores, near)
-        assert float(to_numpy(threshold)) == descending[k - 8], near
-        assert to_numpy(keep).tolist() == _top_k_reference(scores, k - 7).tolist(), near
-
-
-@only_backends("tensorflow", "jax", reason="eager PyTorch always selects in two passes")
-def test_select_near_takes_one_pass_when_the_bin_holds_the_threshold(monkeypatch):
-    """With the last threshold's bin holding the new one, the full select
-    (here made to answer wrongly) is never needed: sliced scans of
-    786,209 elements, with a remainder."""
-    rng = np.random.default_rng(5)
-    n = 2**19 + 2**18 + 4321  # a size no other test traces
-    scores = np.abs(rng.normal(size=n)).astype("float32")
-    k = keep_count(n, 0.8)
-    kth = np.sort(scores)[::-1][k - 1]
-    full = masking._select
-
-    def wrong_without_near(scores, k, near=None):
-        if near is not None:
-            return full(scores, k, near)
-        return (ops_float(-1.0), k, k)
-
-    def ops_float(value):
-        return keras.ops.convert_to_tensor(value, "float32")
-
-    monkeypatch.setattr(masking, "_select", wrong_without_near)
-    mask, threshold = _compiled(lambda s, t: masking.threshold_mask(s, 0.8, near=t))(
-        scores, np.float32(kth * 1.0005)
-    )
-    assert float(to_numpy(threshold)) == kth
-    assert to_numpy(mask).tolist() == (scores >= kth).tolist()

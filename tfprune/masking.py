@@ -130,36 +130,30 @@ def of_masked(score):
     return score_of_masked
 
 
-def _scanned_sum(scores, partial, zeros):
-    """The sum of `partial(values)` (a tuple of int32 tensors, shaped as
-    `zeros`) over flat `ElementScores`, in slices where that is faster.
+def _scanned_histogram(scores, ids_of, length):
+    """`histogram(ids_of(scores.value()), length)` of flat `ElementScores`, in
+    slices where that is faster.
 
     XLA on a CPU writes each whole-tensor temporary (the scores, their bit
     patterns, the ids) to fresh memory on every call, and the page faults
-    cost more than a histogram; a loop over slices of `backend.scan_slice()`
-    elements computes them slice by slice in cache (about 4x faster for 16M
-    elements). Elsewhere one pass.
+    cost more than the histogram; a loop over slices of
+    `backend.scan_slice()` elements computes them slice by slice in cache
+    (about 4x faster for 16M elements). Elsewhere one pass.
     """
     size = scores.size
     piece = backend.scan_slice()
     if piece is None or size < 2 * piece:
-        return partial(scores.value())
+        return histogram(ids_of(scores.value()), length)
     pieces = size // piece
 
-    def body(i, sums):
-        part = partial(scores.part(ops.multiply(i, piece), piece))
-        return tuple(ops.add(a, b) for a, b in zip(sums, part))
+    def body(i, counts):
+        return ops.add(counts, histogram(ids_of(scores.part(ops.multiply(i, piece), piece)), length))
 
-    sums = ops.fori_loop(0, pieces, body, tuple(ops.zeros(z, "int32") for z in zeros))
+    counts = ops.fori_loop(0, pieces, body, ops.zeros((length,), "int32"))
     if size > pieces * piece:
-        rest = partial(scores.part(pieces * piece, size - pieces * piece))
-        sums = tuple(ops.add(a, b) for a, b in zip(sums, rest))
-    return sums
-
-
-def _scanned_histogram(scores, ids_of, length):
-    """`histogram(ids_of(scores.value()), length)` of flat `ElementScores`."""
-    return _scanned_sum(scores, lambda values: (histogram(ids_of(values), length),), [(length,)])[0]
+        rest = scores.part(pieces * piece, size - pieces * piece)
+        counts = ops.add(counts, histogram(ids_of(rest), length))
+    return counts
 
 
 def _select_flat(counts, k):
@@ -208,39 +202,31 @@ def kth_largest(scores, k):
     return _compiled(_kth_largest, ElementScores.of(scores), ops.cast(k, "int32"))
 
 
-def threshold_mask(scores, sparsity, near=None):
+def threshold_mask(scores, sparsity):
     """Keeps the `keep_count` largest scores and every score tied with the
     last of them (TFMOT's rule); returns `(mask, threshold)`. `scores`: a
-    tensor or `ElementScores`. `near`: a score the threshold is probably
-    close to, such as the last update's threshold (see `_select_near`); the
-    result is the same with or without it.
+    tensor or `ElementScores`.
     """
     scores = ElementScores.of(scores)
-    k = keep_count(scores.size, sparsity)
-    keep, threshold = _compiled(_at_or_above_kth, scores, k, _near(near))
+    keep, threshold = _compiled(_at_or_above_kth, scores, keep_count(scores.size, sparsity))
     return ops.reshape(keep, scores.shape), threshold
 
 
-def top_k_mask(scores, k, eligible=None, near=None):
+def top_k_mask(scores, k, eligible=None):
     """Exactly the `k` largest of non-negative 1-D float32 `scores` (a tensor
     or `ElementScores`).
 
     Ties at the threshold are broken by position (lower index first), so the
     count is exact even where many scores are equal (zeros of pruned weights).
     With `eligible` (a boolean vector) only eligible entries are kept; fewer
-    than `k` eligible keeps all of them. `near` as in `threshold_mask`.
-    Returns `(mask, threshold)`.
+    than `k` eligible keeps all of them. Returns `(mask, threshold)`.
 
     Example:
     >>> mask, _ = top_k_mask(np.array([1.0, 0.0, 2.0, 0.0, 0.0], "float32"), 3)
     >>> ops.convert_to_numpy(mask).astype(int).tolist()
     [1, 1, 1, 0, 0]
     """
-    return _compiled(_top_k, ElementScores.of(scores), ops.cast(k, "int32"), eligible, _near(near))
-
-
-def _near(near):
-    return None if near is None else ops.reshape(ops.cast(near, "float32"), ())
+    return _compiled(_top_k, ElementScores.of(scores), ops.cast(k, "int32"), eligible)
 
 
 def _compiled(select, scores, *args):
@@ -259,18 +245,18 @@ def _kth_largest(sources, fn, k):
     return _select(ElementScores(fn, tuple(sources)), k)[0]
 
 
-def _at_or_above_kth(sources, fn, k, near=None):
+def _at_or_above_kth(sources, fn, k):
     scores = ElementScores(fn, tuple(sources))
-    threshold = _select(scores, k, near)[0]
+    threshold = _select(scores, k)[0]
     return ops.greater_equal(scores.value(), threshold), threshold
 
 
-def _top_k(sources, fn, k, eligible, near=None):
+def _top_k(sources, fn, k, eligible):
     scores = ElementScores(fn, tuple(sources))
     if eligible is not None:
         values = scores.value()
         scores = ElementScores.of(ops.where(eligible, values, ops.zeros_like(values)))
-    threshold, needed, ties = _select(scores, ops.maximum(k, 1), near)
+    threshold, needed, ties = _select(scores, ops.maximum(k, 1))
 
     def first_ties():
         """Index after the last tie kept: the first `room` ties by position."""
@@ -300,14 +286,11 @@ def _top_k(sources, fn, k, eligible, near=None):
     return keep, threshold
 
 
-def _select(scores, k, near=None):
+def _select(scores, k):
     """`(t, needed, ties)` of flat `ElementScores`: the k-th largest score
     `t`, how many scores equal `t`, and how many of those the k largest hold.
-    With a score `near` the threshold, `_select_near` first.
     """
     size = scores.size
-    if near is not None and size >= SORT_BELOW and not backend.dynamic_shapes_allowed():
-        return _select_near(scores, k, near)
     if size < SORT_BELOW:
         flat = scores.value()
         threshold = ops.take(ops.sort(flat), size - k)
@@ -327,53 +310,11 @@ def _select(scores, k, near=None):
         low_counts = _scanned_histogram(
             scores, lambda values: _low_ids(values, high_bin), 1 << _LOW_BITS
         )
-    return _in_high_bin(high_bin, low_counts, rank)
-
-
-def _in_high_bin(high_bin, low_counts, rank):
-    """`(t, needed, ties)` from the low-bits histogram of the high bin that
-    holds the k-th largest, `rank` being its position in that bin."""
     # A low bin holds one bit pattern: `needed` of its elements are kept.
     low_bin, needed = _select_bin(low_counts, rank)
     threshold_bits = ops.bitwise_or(ops.left_shift(high_bin, _LOW_BITS), low_bin)
     threshold = ops.view(ops.cast(threshold_bits, "int32"), "float32")
     return threshold, needed, ops.take(low_counts, low_bin)
-
-
-def _select_near(scores, k, near):
-    """`_select`, first trying the high bin of `near` (one pass, not two).
-
-    Between two mask updates of a layer (at `frequency=1`, every step) its
-    k-th largest score moves little, and usually stays in the high-bits bin
-    of the last threshold (scores within 2**-7 of each other). One pass
-    counts the scores above that bin and takes the low-bits histogram of the
-    scores inside it; if the k-th largest is there, these give it exactly.
-    Otherwise the full radix select runs too (one pass wasted). A `near` of
-    0 or less (a threshold never computed) goes to the full select at once.
-    Compiled backends only: eager PyTorch gathers the bin's few elements in
-    its second pass already, and its first pass is no slower than this one.
-    """
-    near_bin = _high_ids(near)
-    start_above = ops.left_shift(near_bin + 1, _LOW_BITS)
-
-    def partial(values):
-        return (
-            histogram(_low_ids(values, near_bin), 1 << _LOW_BITS),
-            ops.sum(ops.cast(ops.greater_equal(ops.view(values, "int32"), start_above), "int32")),
-        )
-
-    def one_pass():
-        low_counts, above = _scanned_sum(scores, partial, [(1 << _LOW_BITS,), ()])
-        inside = ops.logical_and(ops.less(above, k), ops.less_equal(k, above + ops.sum(low_counts)))
-        return (inside, *_in_high_bin(near_bin, low_counts, ops.maximum(k - above, 1)))
-
-    def no_pass():
-        zero = ops.convert_to_tensor(0, "int32")
-        return ops.convert_to_tensor(False), ops.convert_to_tensor(0.0, "float32"), zero, zero
-
-    # Finite and above 0 (NaN compares false): a threshold computed before.
-    found, *selected = ops.cond(ops.greater(near, 0.0), one_pass, no_pass)
-    return ops.cond(found, lambda: tuple(selected), lambda: _select(scores, k))
 
 
 def non_negative(scores):

@@ -355,14 +355,12 @@ class Pruner:
             return keeps, [threshold] * len(units), []
         final = None if self.pruning_schedule is None else final_sparsity(self.pruning_schedule)
         keeps, thresholds = [], []
-        sparsities = self.scope.sparsities(infos, sparsity, final)
-        for (m, _, sel, _), u, info, s in zip(entries, units, infos, sparsities):
+        for u, info, s in zip(units, infos, self.scope.sparsities(infos, sparsity, final)):
             s = self._capped(s, info.layer)
-            near = backend.read(m.pruning_vars[sel.masked[0]][2])  # the last threshold
             if self.keep_ties:  # TFMOT's rule: every score at the threshold stays
-                keep, threshold = masking.threshold_mask(u, s, near=near)
+                keep, threshold = masking.threshold_mask(u, s)
             else:
-                keep, threshold = masking.top_k_mask(u, masking.keep_count(info.size, s), near=near)
+                keep, threshold = masking.top_k_mask(u, masking.keep_count(info.size, s))
             keeps.append(keep)
             thresholds.append(threshold)
         return keeps, thresholds, []
