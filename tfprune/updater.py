@@ -132,21 +132,21 @@ def update_masks(wrappers, sparsity=None):
 _UPDATES = weakref.WeakKeyDictionary()
 
 
-def _compiled_update(pruner, members, mask_weights=False):
+def _compiled_update(pruner, members):
     """`update(sparsity) -> [(variable, new value)]` of one job, compiled
-    once per job (`backend.compiled_updates`). `mask_weights`: the stored
-    weights masked by the new masks come back too."""
+    once per job (`backend.compiled_updates`)."""
     kept = _UPDATES.setdefault(pruner, {})
-    key = (mask_weights, *(id(m) for m in members))
+    key = tuple(id(m) for m in members)
     if key not in kept:
         reads = list({id(v): v for m in members for v in m.weights}.values())
-        targets = pruner.updated_variables(members)
-        compute = functools.partial(pruner.compute, members)
-        if mask_weights:
-            compute = functools.partial(_masking_weights, compute, members)
-            targets += _sparse_weights(members)
-        kept[key] = backend.compiled_updates(compute, reads, targets)
+        kept[key] = backend.compiled_updates(
+            functools.partial(pruner.compute, members), reads, pruner.updated_variables(members)
+        )
     return kept[key]
+
+
+# The compiled updates run between steps (JAX), per model: {jobs: update}.
+_BETWEEN = weakref.WeakKeyDictionary()
 
 
 def _sparse_weights(members):
@@ -154,14 +154,19 @@ def _sparse_weights(members):
     return [w for m in members if not m.forward_only for w, _, _ in m.pruning_vars]
 
 
-def _masking_weights(compute, members, sparsity):
-    """`compute(sparsity)`, plus each stored weight masked by its new mask."""
-    updates = compute(sparsity)
-    new = {id(v): value for v, value in updates}
-    for m in members:
-        if not m.forward_only:
-            for weight, mask, _ in m.pruning_vars:
-                updates.append((weight, backend.masked(weight.value, new.get(id(mask), mask.value))))
+def _masking_updates(jobs, sparsities):
+    """The updates of `jobs` (`[(pruner, members)]`) at their sparsities,
+    plus each stored weight masked by its new mask."""
+    updates = []
+    for (pruner, members), sparsity in zip(jobs, sparsities):
+        job_updates = pruner.compute(members, sparsity)
+        new = {id(v): value for v, value in job_updates}
+        for m in members:
+            if not m.forward_only:
+                for weight, mask, _ in m.pruning_vars:
+                    masked = backend.masked(weight.value, new.get(id(mask), mask.value))
+                    job_updates.append((weight, masked))
+        updates += job_updates
     return updates
 
 
@@ -244,17 +249,30 @@ class StepVariants:
 
         Under JAX `fit` the optimizer cannot read a mask computed inside the
         step (`backend.constraints_may_read_variables`), so the host writes
-        the training state back to the variables, runs each due job's
-        compiled update (new masks and the stored weights masked by them,
-        one dispatch) and the trainer reads the state again before the step.
-        Only the sparsity crosses, host to device.
+        the training state back to the variables, runs one compiled update
+        for every job due (new masks, and the stored weights masked by them)
+        and the trainer reads the state again before the step. Only the
+        sparsities cross, host to device.
         """
         self.model.jax_state_sync()
-        for j in due:
-            pruner, members = self.jobs[j]
-            sparsity = pruner.decision(self.schedule.steps[j])[1]
-            if bool(pruner._ready(members)):
-                assign(_compiled_update(pruner, members, mask_weights=True)(np.float32(sparsity)))
+        ready = [j for j in due if bool(self.jobs[j][0]._ready(self.jobs[j][1]))]
+        if not ready:
+            return
+        jobs = [self.jobs[j] for j in ready]
+        kept = _BETWEEN.setdefault(self.model, {})
+        key = tuple((id(pruner), *map(id, members)) for pruner, members in jobs)
+        if key not in kept:
+            reads = list({id(v): v for _, ms in jobs for m in ms for v in m.weights}.values())
+            targets = [
+                v for pruner, ms in jobs for v in pruner.updated_variables(ms) + _sparse_weights(ms)
+            ]
+            kept[key] = backend.compiled_updates(
+                functools.partial(_masking_updates, jobs), reads, targets
+            )
+        sparsities = [
+            np.float32(self.jobs[j][0].decision(self.schedule.steps[j])[1]) for j in ready
+        ]
+        assign(kept[key](sparsities))
 
     def _mark(self, due):
         due = set(due)
