@@ -75,11 +75,8 @@ def masked(value, mask):
             condition=tf.convert_to_tensor(mask), x=value, y=tf.zeros_like(value)
         )
     if backend == "torch":
-        import torch
-
         value = ops.convert_to_tensor(value)
-        as_bytes = ops.convert_to_tensor(mask).view(torch.uint8)  # no copy
-        return value * as_bytes.to(value.dtype)
+        return value * _torch_bytes(mask).to(value.dtype)
     value = ops.convert_to_tensor(value)
     return ops.where(ops.convert_to_tensor(mask), value, ops.zeros_like(value))
 
@@ -101,12 +98,19 @@ def masked_in_place(value, mask):
     tensor = ops.convert_to_tensor(value)
     if not tensor.is_contiguous():
         return masked(tensor, mask)
-    as_bytes = ops.convert_to_tensor(mask).view(torch.uint8)
+    as_bytes = _torch_bytes(mask)
     piece = 1 << 18
     with torch.no_grad():
         for part, keep in zip(tensor.view(-1).split(piece), as_bytes.view(-1).split(piece)):
             part.mul_(keep.to(part.dtype))
     return tensor
+
+
+def _torch_bytes(mask):
+    """A PyTorch bool mask read as `uint8` (a view: no copy)."""
+    import torch
+
+    return ops.convert_to_tensor(mask).view(torch.uint8)
 
 
 def host_counts_steps():

@@ -149,25 +149,16 @@ def _compiled_update(pruner, members):
 _BETWEEN = weakref.WeakKeyDictionary()
 
 
-def _sparse_weights(members):
-    """The stored weights that hold their masks' zeros (not forward-only)."""
-    return [w for m in members if not m.forward_only for w, _, _ in m.pruning_vars]
-
-
 def _masking_updates(jobs, sparsities):
-    """The updates of `jobs` (`[(pruner, members)]`) at their sparsities,
-    plus each stored weight masked by its new mask."""
-    updates = []
+    """Each job's update at its sparsity, then its members' stored weights
+    masked by the new masks (`keep_stored_weights_sparse`), as a pruning
+    step inside the compiled step does. Assigns; returns no pairs (under
+    `backend.compiled_updates` the assignments are the results)."""
     for (pruner, members), sparsity in zip(jobs, sparsities):
-        job_updates = pruner.compute(members, sparsity)
-        new = {id(v): value for v, value in job_updates}
+        assign(pruner.compute(members, sparsity))
         for m in members:
-            if not m.forward_only:
-                for weight, mask, _ in m.pruning_vars:
-                    masked = backend.masked(weight.value, new.get(id(mask), mask.value))
-                    job_updates.append((weight, masked))
-        updates += job_updates
-    return updates
+            m.keep_stored_weights_sparse()
+    return []
 
 
 class HostSchedule:
@@ -264,7 +255,9 @@ class StepVariants:
         if key not in kept:
             reads = list({id(v): v for _, ms in jobs for m in ms for v in m.weights}.values())
             targets = [
-                v for pruner, ms in jobs for v in pruner.updated_variables(ms) + _sparse_weights(ms)
+                v
+                for pruner, ms in jobs
+                for v in pruner.updated_variables(ms) + [w for m in ms for w, _, _ in m.pruning_vars]
             ]
             kept[key] = backend.compiled_updates(
                 functools.partial(_masking_updates, jobs), reads, targets

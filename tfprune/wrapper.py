@@ -417,6 +417,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if not self._training_call(training):
                 return output
         training_call = self._training_call(training)
+        stored = training_call and self._stored_weights_masked()
         if training_call:
             if not self._step_callback_attached:
                 raise ValueError(MISSING_CALLBACK_MESSAGE.format(name=self.name))
@@ -425,9 +426,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     self.pruner.on_step(self)
                 elif self._update_due:
                     self.pruner.on_step(self, due=True)
-                    if self._stored_weights_masked():
+                    if stored:
                         self.apply_mask()  # the new zeros, before the forward pass
-        if training_call and self._stored_weights_masked():
+        if stored:
             if not backend.constraints_may_read_variables():
                 for weight, mask, _ in self.pruning_vars:
                     weight.constraint.step_mask = mask.value  # this step's mask
