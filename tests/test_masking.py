@@ -240,3 +240,40 @@ def test_top_k_with_eligible_on_sliced_scans():
     for k in (1000, int(0.5 * n)):  # the second: fewer eligible non-zeros than k
         keep, _ = _compiled(lambda s, e, k=k: masking.top_k_mask(s, k, e))(scores, eligible)
         assert to_numpy(keep).tolist() == _top_k_reference(scores, k, eligible).tolist()
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_scans_in_slices_match_numpy(monkeypatch, sparsity):
+    # The sliced scans run on large weights only (16M elements on PyTorch);
+    # here slices of 4096 cover a small one, with a remainder, zeros and ties.
+    from tfprune import backend
+
+    monkeypatch.setattr(backend, "scan_slice", lambda size: 4096 if size >= 8192 else None)
+    rng = np.random.default_rng(5)
+    n = masking.SORT_BELOW + 2048 + 17 + int(sparsity * 10)  # a shape of its own: traced anew
+    w = rng.normal(size=n).astype("float32")
+    w[rng.random(n) < 0.2] = 0.0
+    w[100:400] = -1.5
+    mask = rng.random(n) > 0.1
+    scores = np.abs(np.where(mask, w, 0)).astype("float32")
+    lazy = masking.ElementScores(masking.of_masked(scoring.magnitude), (w, mask))
+    keep, threshold = masking.threshold_mask(lazy, sparsity)
+    expected = np.sort(scores)[::-1][keep_count(n, sparsity) - 1]
+    assert float(to_numpy(threshold)) == expected
+    assert to_numpy(keep).tolist() == (scores >= expected).tolist()
+    k = int(n * (1 - sparsity))
+    keep, _ = masking.top_k_mask(lazy, k)
+    assert to_numpy(keep).tolist() == _top_k_reference(scores, k).tolist()
+
+
+def test_torch_scatter_histogram_matches_bincount():
+    if keras.backend.backend() != "torch":
+        pytest.skip("the PyTorch histogram off a CPU")
+    import torch
+
+    from tfprune import backend
+
+    ids = torch.tensor([0, 3, 3, 9, 8, 7, 2**31 - 1, 0], dtype=torch.int32)
+    clamped = torch.clamp(ids, max=8)
+    assert backend._scattered_counts(clamped, 8).tolist() == [2, 0, 0, 2, 0, 0, 0, 1]
+    assert backend.histogram(ids, 8).tolist() == [2, 0, 0, 2, 0, 0, 0, 1]

@@ -36,10 +36,23 @@ def histogram(ids, length):
     if backend == "torch":
         import torch
 
-        # bincount grows its output to the largest id: clamp into a spare bin.
+        # Ids >= length land in a spare bin.
         clamped = torch.clamp(ids, max=length)
+        if clamped.device.type != "cpu":
+            return _scattered_counts(clamped, length)
         return torch.bincount(clamped, minlength=length + 1)[:length].to(torch.int32)
     return ops.cast(ops.segment_sum(ops.ones_like(ids), ids, num_segments=length), "int32")
+
+
+def _scattered_counts(clamped, length):
+    """`histogram` of PyTorch ids in `[0, length]` (`length`: not counted)
+    as a scatter-add: `bincount` reads the largest id on the host, where a
+    GPU would wait for it."""
+    import torch
+
+    counts = torch.zeros(length + 1, dtype=torch.int32, device=clamped.device)
+    ones = torch.ones(1, dtype=torch.int32, device=clamped.device).expand(clamped.shape)
+    return counts.scatter_add_(0, clamped.long(), ones)[:length]
 
 
 def read(variable):
@@ -85,18 +98,18 @@ def masked_in_place(value, mask):
     """`masked(value, mask)` for the mask constraint, which assigns the result
     back to the variable `value`.
 
-    On PyTorch the stored tensor is multiplied in place, in slices of 2**18
-    elements: a whole-tensor temporary (the mask as floats, the product) is
-    fresh memory on every call and its page faults dominate, and `assign` of
-    the same tensor copies nothing (23.5M weights: 100 -> 7 ms). Elsewhere
-    `masked`.
+    On PyTorch on a CPU the stored tensor is multiplied in place, in slices
+    of 2**18 elements: a whole-tensor temporary (the mask as floats, the
+    product) is fresh memory on every call and its page faults dominate, and
+    `assign` of the same tensor copies nothing (23.5M weights: 100 -> 7 ms).
+    Elsewhere (a GPU runs one kernel) `masked`.
     """
     if name() != "torch":
         return masked(value, mask)
     import torch
 
     tensor = ops.convert_to_tensor(value)
-    if not tensor.is_contiguous():
+    if not tensor.is_contiguous() or tensor.device.type != "cpu":
         return masked(tensor, mask)
     as_bytes = _torch_bytes(mask)
     piece = 1 << 18
@@ -127,26 +140,36 @@ def host_counts_steps():
     return not torch.compiler.is_compiling()
 
 
-def scan_slice():
-    """Elements per slice for whole-tensor scans (histograms), or None.
+def scan_slice(size):
+    """Elements per slice for a whole-tensor scan of `size` elements (a
+    histogram), or None to scan at once.
 
-    XLA on a CPU (JAX, and TensorFlow's `fused` functions) writes each
-    whole-tensor temporary to fresh memory on every call, and its page
-    faults cost more than the scan, so scans go over slices of 2**18
-    elements (1 MB) in a loop. Accelerators and PyTorch scan at once.
+    On a CPU, a whole-tensor temporary (the scores, their bit patterns, the
+    ids) can land in fresh memory on every call, and its page faults cost
+    more than the scan: so scans go over slices in a loop. XLA (JAX, and
+    TensorFlow's `fused` functions) maps every temporary afresh, so from
+    2**19 elements it scans 2**18 at a time (1 MB). PyTorch reuses freed
+    memory up to the C allocator's largest reused size (32 MB), so from
+    2**23 elements it scans 2**19 at a time, each slice's ops dispatched
+    from Python (4096x4096: 289 ms whole, 81 ms in 2**18, 70-75 ms in 2**19
+    or 2**20). Accelerators scan at once.
     """
     backend = name()
     if backend == "jax":
         import jax
 
-        on_cpu = jax.default_backend() == "cpu"
+        on_cpu, piece, least = jax.default_backend() == "cpu", 1 << 18, 1 << 19
     elif backend == "tensorflow":
         import tensorflow as tf
 
-        on_cpu = not tf.config.list_logical_devices("GPU")
+        on_cpu, piece, least = not tf.config.list_logical_devices("GPU"), 1 << 18, 1 << 19
+    elif backend == "torch":
+        from keras.src.backend.torch.core import get_device
+
+        on_cpu, piece, least = get_device() == "cpu", 1 << 19, 1 << 23
     else:
-        on_cpu = False
-    return (1 << 18) if on_cpu else None
+        return None
+    return piece if on_cpu and size >= least else None
 
 
 _FUSED = {}
