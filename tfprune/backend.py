@@ -95,8 +95,8 @@ def masked(value, mask):
 
 
 def masked_in_place(value, mask):
-    """`masked(value, mask)` for the mask constraint, which assigns the result
-    back to the variable `value`.
+    """`masked(value, mask)` for the mask constraint and `apply_mask`, which
+    assign the result back to the variable `value`.
 
     On PyTorch on a CPU the stored tensor is multiplied in place, in slices
     of 2**18 elements: a whole-tensor temporary (the mask as floats, the

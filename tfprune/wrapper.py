@@ -542,7 +542,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def apply_mask(self):
         """Sets the stored pruned weights to exactly zero: `w <- w * mask`."""
         for weight, mask, _ in self.pruning_vars:
-            weight.assign(backend.masked(weight.value, mask.value))
+            weight.assign(backend.masked_in_place(weight.value, mask.value))
 
     def keep_stored_weights_sparse(self):
         """`apply_mask`, except where masks apply to the forward pass only."""
