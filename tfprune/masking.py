@@ -179,9 +179,10 @@ def _elementwise(scores, fn):
 
 def _select_flat(counts, k):
     cumulative = ops.cumsum(counts)
-    at_or_above = cumulative[-1] - cumulative + counts  # count of bins >= b
+    total = cumulative[-1]
+    at_or_above = total - cumulative + counts  # count of bins >= b
     index = ops.sum(ops.cast(ops.greater_equal(at_or_above, k), "int32")) - 1
-    above = ops.take(at_or_above, index) - ops.take(counts, index)
+    above = total - ops.take(cumulative, index)  # count of bins > index
     return index, k - above
 
 
@@ -191,10 +192,12 @@ def _select_bin(counts, k, width=256):
     Returns `(bin, rank)`, where `rank` is the position (1-based) of the k-th
     largest element among the elements of that bin. The bins are searched as
     a `(n / width, width)` grid, row totals first, so no scan runs over all
-    `n` bins.
+    `n` bins: XLA's cumulative sum on a CPU is a windowed reduction. Eager
+    (PyTorch) it is one linear pass, and each op costs a dispatch: the bins
+    are searched flat.
     """
     size = counts.shape[0]
-    if size <= width or size % width:
+    if size <= width or size % width or backend.dynamic_shapes_allowed():
         return _select_flat(counts, k)
     grid = ops.reshape(counts, (size // width, width))
     row, rank = _select_flat(ops.sum(grid, axis=1), k)
