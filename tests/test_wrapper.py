@@ -573,3 +573,59 @@ def test_mask_constraint_masks_the_stored_weight_in_slices():
     weight.assign(_MaskConstraint(mask, keras.constraints.NonNeg())(weight))
     np.testing.assert_array_equal(to_numpy(weight), np.where(keep, values, 0))
     np.testing.assert_array_equal(to_numpy(mask), keep)
+
+
+def test_stateless_call_returns_the_advanced_step_and_leaves_its_inputs():
+    # Inside `fit` a wrapper advances its step in place where it can; in a
+    # stateless call the new step belongs to the returned state only.
+    model = tfprune.prune_low_magnitude(mlp(), tfprune.ConstantSparsity(0.5, 0, frequency=1))
+    model.build((None, 20))
+    callback = tfprune.UpdatePruningStep()
+    callback.set_model(model)
+    callback.on_train_begin()
+    x, _ = data((20,), n=4)
+    positions = [
+        i for i, v in enumerate(model.non_trainable_variables) if "pruning_step" in v.path
+    ]
+    steps = [model.non_trainable_variables[i] for i in positions]
+    assert len(steps) == 2
+    trainable = [keras.ops.copy(v.value) for v in model.trainable_variables]
+    non_trainable = [keras.ops.copy(v.value) for v in model.non_trainable_variables]
+    before = [int(to_numpy(v)) for v in steps]
+    _, new_state = model.stateless_call(trainable, non_trainable, x, training=True)
+    assert [int(to_numpy(non_trainable[i])) for i in positions] == before
+    assert [int(to_numpy(new_state[i])) for i in positions] == [b + 1 for b in before]
+    assert [int(to_numpy(v)) for v in steps] == before
+
+
+def test_step_increment_in_a_stateless_scope_leaves_the_mapped_value():
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    from tfprune import backend
+
+    step = keras.Variable(3, dtype="int64", trainable=False)
+    given = keras.ops.convert_to_tensor(np.int64(5))
+    with StatelessScope(state_mapping=[(step, given)]) as scope:
+        backend.increment(step)
+        assert int(to_numpy(scope.get_current_value(step))) == 6
+    assert int(to_numpy(given)) == 5
+    assert int(to_numpy(step)) == 3
+    backend.increment(step)
+    assert int(to_numpy(step)) == 4
+
+
+def test_constraint_in_a_stateless_scope_leaves_the_mapped_value():
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    from tfprune import backend
+
+    weight = keras.Variable(np.ones(4, "float32"))
+    given = keras.ops.convert_to_tensor(np.full(4, 2.0, "float32"))
+    mask = keras.ops.convert_to_tensor(np.array([True, False, True, False]))
+    with StatelessScope(state_mapping=[(weight, given)]):
+        masked = backend.masked_in_place(weight.value, mask)
+    assert to_numpy(masked).tolist() == [2.0, 0.0, 2.0, 0.0]
+    assert to_numpy(given).tolist() == [2.0] * 4
+    masked = backend.masked_in_place(weight.value, mask)  # outside: in place on PyTorch
+    weight.assign(masked)
+    assert to_numpy(weight).tolist() == [1.0, 0.0, 1.0, 0.0]

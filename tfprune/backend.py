@@ -6,6 +6,7 @@ questions whose answer depends on the backend are answered here.
 
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 
 def name():
@@ -102,9 +103,10 @@ def masked_in_place(value, mask):
     of 2**18 elements: a whole-tensor temporary (the mask as floats, the
     product) is fresh memory on every call and its page faults dominate, and
     `assign` of the same tensor copies nothing (23.5M weights: 100 -> 7 ms).
-    Elsewhere (a GPU runs one kernel) `masked`.
+    Elsewhere (a GPU runs one kernel, and in a `StatelessScope`, whose
+    values are the caller's tensors) `masked`.
     """
-    if name() != "torch":
+    if name() != "torch" or in_stateless_scope():
         return masked(value, mask)
     import torch
 
@@ -114,9 +116,25 @@ def masked_in_place(value, mask):
     as_bytes = _torch_bytes(mask)
     piece = 1 << 18
     with torch.no_grad():
+        if tensor.numel() <= piece:
+            return tensor.mul_(as_bytes.to(tensor.dtype))
         for part, keep in zip(tensor.view(-1).split(piece), as_bytes.view(-1).split(piece)):
             part.mul_(keep.to(part.dtype))
     return tensor
+
+
+def increment(variable):
+    """`variable.assign_add(1)`; on PyTorch in place (an eager `assign_add`
+    builds a new tensor and copies it back: tens of microseconds per call,
+    paid by every wrapper at every step). In a `StatelessScope` the new
+    value goes to the scope, as with `assign_add`."""
+    if name() != "torch" or in_stateless_scope():
+        variable.assign_add(1)
+        return
+    import torch
+
+    with torch.no_grad():
+        variable.value.add_(1)
 
 
 def _torch_bytes(mask):

@@ -469,11 +469,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if last is not None and last() is context:
             return False
         try:
-            self._last_call_context = weakref.ref(context)
+            self._untracked("_last_call_context", weakref.ref(context))
         except TypeError:  # pragma: no cover
-            self._last_call_context = None
+            self._untracked("_last_call_context", None)
         if self._host_updates:  # the host decides; the step is >= 0 already
-            self.pruning_step.assign_add(1)
+            backend.increment(self.pruning_step)
             return True
         # A step of -1 (state built after `on_train_begin`) starts at 0 too.
         if backend.host_counts_steps():
@@ -481,7 +481,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 self._host_step = max(int(ops.convert_to_numpy(self.pruning_step)), 0)
                 self.pruning_step.assign(self._host_step)
             self._host_step += 1
-            self.pruning_step.assign_add(1)  # a device op: no host data
+            backend.increment(self.pruning_step)  # a device op: no host data
         else:
             self._host_step = None
             self.pruning_step.assign(ops.maximum(self.pruning_step, 0) + 1)
