@@ -103,8 +103,8 @@ def masked_in_place(value, mask):
     of 2**18 elements: a whole-tensor temporary (the mask as floats, the
     product) is fresh memory on every call and its page faults dominate, and
     `assign` of the same tensor copies nothing (23.5M weights: 100 -> 7 ms).
-    Elsewhere (a GPU runs one kernel, and in a `StatelessScope`, whose
-    values are the caller's tensors) `masked`.
+    Elsewhere `masked`: on a GPU (one whole-tensor multiply) and in a
+    `StatelessScope`, whose values are the caller's tensors.
     """
     if name() != "torch" or in_stateless_scope():
         return masked(value, mask)

@@ -141,8 +141,8 @@ def _scanned_histogram(scores, ids_of, length):
     ids) can land in fresh memory on every call, and the page faults cost
     more than the histogram; a loop over slices of
     `backend.scan_slice(size)` elements computes them slice by slice in
-    cache (16M elements: about 4x faster under XLA, 3x on PyTorch).
-    Elsewhere one pass.
+    cache (the select of 16M elements: about 4x faster under XLA, 3x on
+    PyTorch). Elsewhere one pass.
     """
     size = scores.size
     piece = backend.scan_slice(size)
