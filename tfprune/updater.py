@@ -138,11 +138,22 @@ def _compiled_update(pruner, members):
     kept = _UPDATES.setdefault(pruner, {})
     key = tuple(id(m) for m in members)
     if key not in kept:
-        reads = list({id(v): v for m in members for v in m.weights}.values())
         kept[key] = backend.compiled_updates(
-            functools.partial(pruner.compute, members), reads, pruner.updated_variables(members)
+            functools.partial(pruner.compute, members),
+            _variables_read(members),
+            pruner.updated_variables(members),
         )
     return kept[key]
+
+
+def _variables_read(members):
+    """Every variable of the wrappers `members`, each once (what an update reads)."""
+    return list({id(v): v for m in members for v in m.weights}.values())
+
+
+def _job_ids(jobs):
+    """A key naming `[(pruner, members)]` jobs by identity."""
+    return tuple((id(pruner), *map(id, members)) for pruner, members in jobs)
 
 
 # The compiled updates run between steps (JAX), per model: {jobs: update}.
@@ -211,7 +222,7 @@ class StepVariants:
         self.model = model
         self.schedule = schedule
         self.jobs = schedule.jobs
-        jobs = tuple((id(pruner), *map(id, members)) for pruner, members in self.jobs)
+        jobs = _job_ids(self.jobs)
         kept_jobs, steps = _STEPS.get(model, (None, {}))
         current = getattr(model, "train_function", None)
         self.current = next((due for due, fn in steps.items() if fn is current), None)
@@ -251,9 +262,9 @@ class StepVariants:
             return
         jobs = [self.jobs[j] for j in ready]
         kept = _BETWEEN.setdefault(self.model, {})
-        key = tuple((id(pruner), *map(id, members)) for pruner, members in jobs)
+        key = _job_ids(jobs)
         if key not in kept:
-            reads = list({id(v): v for _, ms in jobs for m in ms for v in m.weights}.values())
+            reads = _variables_read([m for _, ms in jobs for m in ms])
             targets = [
                 v
                 for pruner, ms in jobs
