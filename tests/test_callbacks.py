@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import only_backends, to_numpy
-from helpers import compile_model, data, fit, mlp, wrappers
+from helpers import compile_model, data, fit, keep_count, mlp, wrappers
 
 import tfprune
 
@@ -113,3 +113,29 @@ def test_pruning_step_is_minus_one_until_training_starts():
     callback.set_model(model)
     callback.on_train_begin()
     assert [int(to_numpy(w.pruning_step)) for w in wrappers(model)] == [0, 0]
+
+
+def test_epoch_end_masks_a_frozen_wrapper_and_fit_keeps_the_trained_ones_sparse():
+    """Inside `fit` the steps keep trained wrappers' stored weights masked, so
+    the epoch's end leaves them; a frozen wrapper is masked there (as TFMOT)."""
+    model = tfprune.prune_low_magnitude(mlp(), tfprune.ConstantSparsity(0.5, 0, frequency=100))
+    model.build((None, 20))
+    tfprune.update_masks(model, sparsity=0.5)
+    trained, frozen = wrappers(model)[:2]
+    frozen.trainable = False
+    for wrapper in (trained, frozen):
+        wrapper.layer.kernel.assign(np.ones(wrapper.layer.kernel.shape, "float32"))
+    frozen_kernel = frozen.layer.kernel
+    masked_at = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            masked_at.append(bool(np.all(to_numpy(frozen_kernel)[~to_numpy(frozen.pruning_vars[0][1])] == 0)))
+
+    compile_model(model)
+    fit(model, *data((20,), n=16), epochs=2, callbacks=[tfprune.UpdatePruningStep(), Watch()])
+    assert masked_at == [False, True]  # not at train begin: at the first epoch's end
+    for wrapper in (trained, frozen):
+        kernel, mask = to_numpy(wrapper.layer.kernel), to_numpy(wrapper.pruning_vars[0][1])
+        assert int(mask.sum()) == keep_count(mask.size, 0.5)
+        assert np.all(kernel[~mask] == 0) and np.all(kernel[mask] != 0)

@@ -143,3 +143,43 @@ def test_inside_fit_pruned_weights_are_zero_after_every_step():
     kept = [keep_count(size, s) for s in (0.2, 0.2, 0.5, 0.5, 0.5, 0.8, 0.8)]
     assert [step[0][0] for step in seen] == [size, size] + kept[2:]
     assert all(largest == 0.0 for step in seen for _, largest in step)
+
+
+class _EveryThird(tfprune.ConstantSparsity):
+    """A subclass deciding its own pruning steps: the host must ask it."""
+
+    def __call__(self, step):
+        return self._should_prune_in_step(step, 1, -1, 3), super().__call__(step)[1]
+
+
+def _host_due_steps(pruner, start, horizon):
+    wrapper = type("W", (), {})()
+    wrapper.pruner, wrapper._state_built = pruner, True
+    wrapper.pruning_step = np.int64(start)
+    wrapper.pruning_vars = [None]
+    schedule = updater.HostSchedule([wrapper])
+    return [step for step in range(start + 1, horizon) if schedule.next_step() == (0,)]
+
+
+def test_the_host_schedule_skips_to_each_update_as_asking_every_step_would():
+    schedules = [
+        tfprune.ConstantSparsity(0.5, begin_step=7, frequency=5),
+        tfprune.ConstantSparsity(0.5, begin_step=4, end_step=31, frequency=9),
+        tfprune.PolynomialDecay(0.1, 0.8, begin_step=3, end_step=40, frequency=6),
+        tfprune.ExponentialDecay(0.9, 0.2, begin_step=0, end_step=50, frequency=7),
+        tfprune.AGP(0.8, begin_step=2, end_step=45, frequency=10),  # last event 42
+        _EveryThird(0.5, begin_step=0),
+    ]
+    for schedule in schedules:
+        for pruner in (
+            tfprune.Pruner(pruning_schedule=schedule),
+            tfprune.Pruner(pruning_schedule=schedule, granularity="m_by_n"),
+        ):
+            expected_skip = not isinstance(schedule, _EveryThird) or pruner.granularity.pattern
+            assert (pruner.next_update(0) is not None) == bool(expected_skip)
+            for start in (0, 4, 20, 60):
+                asked = [s for s in range(start + 1, 80) if bool(pruner.decision(s)[0])]
+                assert _host_due_steps(pruner, start, 80) == asked, (schedule, start)
+    assert _host_due_steps(tfprune.Pruner(pruning_schedule=schedules[4]), 0, 80) == [
+        2, 12, 22, 32, 42
+    ]

@@ -57,6 +57,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         super().__init__()
         self.prunable_layers = []
         self._training = False
+        self._schedule = None
 
     def _set_training(self, value):
         for layer in self.prunable_layers:
@@ -138,13 +139,27 @@ class UpdatePruningStep(keras.callbacks.Callback):
         # `batch` is accepted for TFMOT's custom-loop idiom on_epoch_end(batch=-1).
         _check_model(self, "on_epoch_end")
         for layer in self.prunable_layers:
-            layer.keep_stored_weights_sparse()
+            if not self._kept_sparse_by_steps(layer):
+                layer.keep_stored_weights_sparse()
+
+    def _kept_sparse_by_steps(self, layer):
+        """Whether `fit`'s steps keep the stored weights of `layer` masked
+        (`PruneLowMagnitude._stored_weights_masked`: the mask constraint after
+        every optimizer update, the updates themselves); masking them at an
+        epoch's end would then change nothing."""
+        return (
+            self._schedule is not None
+            and layer.trainable
+            and layer.layer.trainable
+            and layer._stored_weights_masked()
+        )
 
     def on_train_end(self, logs=None):
         for layer in self.prunable_layers:
             layer.keep_stored_weights_sparse()
         self._training = False
         self._set_training(False)
+        self._schedule = self._variants = None  # the steps of this `fit` are over
 
 
 def _pruning_logs(model):

@@ -202,11 +202,26 @@ class Pruner:
                 return False, 0.0
             return ops.convert_to_tensor(False), ops.convert_to_tensor(0.0, "float32")
         if self.granularity.pattern:  # the N:M pattern is chosen once
-            first = max(1, int(getattr(self.pruning_schedule, "begin_step", 1)))
+            first = self._pattern_step
             if isinstance(step, int):
                 return step == first, 0.0
             return ops.equal(step, first), ops.convert_to_tensor(0.0, "float32")
         return self.pruning_schedule(step)
+
+    def next_update(self, step):
+        """The first step `>= step` whose `decision` updates the masks, -1 if
+        none, or None when only asking `decision` at each step can tell."""
+        if self.pruning_schedule is None:
+            return -1
+        if self.granularity.pattern:
+            return self._pattern_step if step <= self._pattern_step else -1
+        next_step = getattr(self.pruning_schedule, "_next_pruning_step", None)
+        return None if next_step is None else next_step(step)
+
+    @property
+    def _pattern_step(self):
+        """The one step at which an N:M pattern is chosen."""
+        return max(1, int(getattr(self.pruning_schedule, "begin_step", 1)))
 
     def _members_for(self, wrapper):
         """The wrappers to update at this call: itself, or all once per step."""

@@ -213,6 +213,13 @@ class PruningSchedule:
             f"{type(self).__name__} must implement `get_config()`."
         )
 
+    def _next_pruning_step(self, step):
+        """The first step `>= step` at which this schedule prunes, -1 if none,
+        or None when only calling the schedule can tell (any subclass that
+        does not say otherwise). Lets the host skip the steps in between.
+        """
+        return None
+
     @classmethod
     def from_config(cls, config):
         """Builds a schedule from `get_config()`, also TFMOT's nested form."""
@@ -251,6 +258,19 @@ class _RangeSchedule(PruningSchedule):
             step, self.begin_step, self._last_pruning_step, self.frequency
         )
         return should_prune, self._sparsity(step)
+
+    def _next_pruning_step(self, step):
+        """`begin + j * frequency >= step`, the first not after the last pruning
+        step (-1 if none is left), as `__call__` decides."""
+        if (
+            type(self).__call__ is not _RangeSchedule.__call__
+            or type(self)._should_prune_in_step is not PruningSchedule._should_prune_in_step
+        ):
+            return None  # a subclass decides otherwise
+        turns = -(-max(step - self.begin_step, 0) // self.frequency)
+        found = self.begin_step + turns * self.frequency
+        last = self._last_pruning_step
+        return found if last < 0 or found <= last else -1
 
     def get_config(self):
         return {name: getattr(self, name) for name in self._ARGS}

@@ -187,16 +187,24 @@ class HostSchedule:
             max(int(ops.convert_to_numpy(members[0].pruning_step)), 0)
             for _, members in self.jobs
         ]
+        # Each job's next update (`Pruner.next_update`), found once per update
+        # instead of asking the schedule at every step; None: ask every step.
+        self._next = [pruner.next_update(s + 1) for (pruner, _), s in zip(self.jobs, self.steps)]
 
     def next_step(self):
         """Counts one step; returns the indices of the jobs due at it."""
         due, decided = [], {}
         for j, (pruner, _) in enumerate(self.jobs):
-            self.steps[j] += 1
+            step = self.steps[j] = self.steps[j] + 1
+            if self._next[j] is not None:
+                if step == self._next[j]:
+                    due.append(j)
+                    self._next[j] = pruner.next_update(step + 1)
+                continue
             # Pruners built by one call share their schedule: ask it once.
-            key = (id(pruner.pruning_schedule), pruner.granularity.pattern, self.steps[j])
+            key = (id(pruner.pruning_schedule), pruner.granularity.pattern, step)
             if key not in decided:
-                decided[key] = bool(pruner.decision(self.steps[j])[0])
+                decided[key] = bool(pruner.decision(step)[0])
             if decided[key]:
                 due.append(j)
         return tuple(due)
