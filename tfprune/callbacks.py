@@ -88,9 +88,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             for layer in trained:
                 layer.keep_stored_weights_sparse()  # read as they are in the steps
             self._schedule = updater_lib.HostSchedule(trained)
-            self._variants = updater_lib.StepVariants(
-                self.model, self._schedule.jobs, fresh=retrace
-            )
+            self._variants = updater_lib.StepVariants(self.model, self._schedule, fresh=retrace)
         elif retrace and getattr(self.model, "compiled", False):
             # A train function traced before (without this callback, or with
             # the host's kind of update) must be traced again.

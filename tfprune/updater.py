@@ -251,10 +251,11 @@ class StepVariants:
     differ.
     """
 
-    def __init__(self, model, jobs, fresh):
+    def __init__(self, model, schedule, fresh):
         self.model = model
-        self.jobs = jobs
-        jobs = _job_ids(jobs)
+        self.schedule = schedule
+        self.jobs = schedule.jobs
+        jobs = _job_ids(self.jobs)
         kept_jobs, steps = _STEPS.get(model, (None, {}))
         current = getattr(model, "train_function", None)
         self.current = next((due for due, fn in steps.items() if fn is current), None)
