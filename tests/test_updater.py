@@ -183,15 +183,3 @@ def test_the_host_schedule_skips_to_each_update_as_asking_every_step_would():
     assert _host_due_steps(tfprune.Pruner(pruning_schedule=schedules[4]), 0, 80) == [
         2, 12, 22, 32, 42
     ]
-
-
-def test_with_flax_nnx_the_step_decides_in_the_graph(monkeypatch):
-    """With NNX, Keras's JAX step calls the class's `train_step`, which the
-    host cannot give the mask updates: the step updates the masks itself."""
-    monkeypatch.setattr(keras.config, "is_nnx_enabled", lambda: True)
-    x, y = data((20,), n=56)  # 7 steps of 8; updates at steps 3 and 6
-    model = _model(SCHEDULE)
-    fit(model, x, y, shuffle=False)
-    jax = keras.backend.backend() == "jax"
-    assert all(w._host_updates is not jax for w in wrappers(model))
-    assert [int(m.sum()) for m in _masks(model)] == [keep_count(320, 0.8), keep_count(48, 0.8)]

@@ -231,15 +231,6 @@ def constraints_may_read_variables():
     return name() in ("tensorflow", "torch")
 
 
-def train_step_replaceable():
-    """Whether a compiled step calls the model's `train_step` attribute, so
-    that `tfprune.updater` can run the mask updates in it: not on JAX with
-    Flax NNX enabled, where Keras calls the class's `train_step`."""
-    import keras
-
-    return not (name() == "jax" and keras.config.is_nnx_enabled())
-
-
 def traced(value):
     """Whether `value` (a tensor or variable) is being traced by `jax.jit`."""
     if name() != "jax":

@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-from tfprune import backend, structured
+from tfprune import structured
 from tfprune import updater as updater_lib
 from tfprune.wrapper import collect_prunable_layers
 
@@ -103,14 +103,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
         `fit` gives its callbacks their `params` and calls
         `on_train_batch_begin` before every step, unless one call runs several
         steps (`steps_per_execution > 1`); wrappers built on their first call
-        have no state to update yet; on JAX with Flax NNX the compiled step
-        calls the class's `train_step`, not the one `tfprune.updater` gives
-        the model. Elsewhere the step updates the masks.
+        have no state to update yet. Elsewhere the step updates the masks.
         """
         steps_per_execution = getattr(self.model, "steps_per_execution", 1)
         return (
             bool(self.params)
-            and backend.train_step_replaceable()
             and isinstance(steps_per_execution, int)
             and steps_per_execution == 1
             and all(layer._state_built for layer in self.prunable_layers)
