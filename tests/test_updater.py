@@ -61,9 +61,9 @@ def test_fit_and_the_in_graph_step_give_the_same_masks_at_the_same_steps():
             np.testing.assert_array_equal(mask_a, mask_b)
     for a, b in zip(by_fit.get_weights(), by_step.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # Two compiled steps: plain, and with both layers' updates (on JAX run
-    # on the step's state before its forward pass).
-    expected = [(), (0, 1)]
+    # Two compiled steps: plain, and with both layers' updates; on JAX the
+    # updates run between two plain steps.
+    expected = [(), (0, 1)] if keras.backend.backend() != "jax" else [()]
     assert sorted(updater.compiled_steps(by_fit)) == expected
 
 

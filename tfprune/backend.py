@@ -224,9 +224,9 @@ def constraints_may_read_variables():
 
     Under JAX `fit` the optimizer updates the weights in a stateless scope
     of their own, where another variable is not part of the step's state.
-    There the masks are also updated before the forward pass, on the step's
-    state (`tfprune.updater`): a mask computed inside the gradient's trace
-    could not reach the optimizer.
+    There the masks are also updated between steps, not inside one
+    (`tfprune.updater`): a mask computed inside the gradient's trace could
+    not reach the optimizer.
     """
     return name() in ("tensorflow", "torch")
 

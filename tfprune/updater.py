@@ -21,14 +21,14 @@ step and picks one of two kinds of compiled training step:
 Each set of due pruners gets its own compiled step, traced on first use and
 kept across `fit` calls, so a pruning step costs one dispatch, as any other
 step, and no value crosses between host and device. On JAX, whose optimizer
-cannot read a mask computed inside the gradient's trace, the updating step
-runs the due updates on the step's state before its forward pass (masks,
-then the stored weights masked by them), in the same compiled step. Outside
-`fit` (custom loops, `steps_per_execution > 1`) the step decides for itself
-in the graph.
+cannot read a mask computed inside the step, the due jobs instead run
+between two steps as compiled updates of their own, and every step is the
+plain one. Outside `fit` (custom loops, `steps_per_execution > 1`) the step
+decides for itself in the graph.
 
     before step s + 1:  due = {pruner: schedule(s + 1) prunes}
                         model.train_function = compiled step for `due`
+                        (JAX: run the due updates now; the plain step)
 
 Example:
 >>> schedule = HostSchedule([])
@@ -156,44 +156,20 @@ def _job_ids(jobs):
     return tuple((id(pruner), *map(id, members)) for pruner, members in jobs)
 
 
-def _updates_before_the_step(jobs):
-    """The due jobs' updates at the coming step, run on a compiled step's
-    state before its forward pass (JAX): each job's new masks at its
-    schedule's sparsity (a job whose criterion is not ready keeps its
-    values), then its members' stored weights masked by them
-    (`keep_stored_weights_sparse`), as a pruning step's forward pass does
-    on the other backends. Assigns.
-    """
-    for pruner, members in jobs:
-        # The step counter advances in the forward pass: this is its next value.
-        step = ops.convert_to_tensor(members[0].pruning_step) + 1
-        sparsity = pruner.decision(step)[1]
-        updates = pruner.compute(members, sparsity)
-        ready = pruner._ready(members)
-        if ready is not True:
-            updates = [(v, ops.where(ready, new, backend.read(v))) for v, new in updates]
-        assign(updates)
+# The compiled updates run between steps (JAX), per model: {jobs: update}.
+_BETWEEN = weakref.WeakKeyDictionary()
+
+
+def _masking_updates(jobs, sparsities):
+    """Each job's update at its sparsity, then its members' stored weights
+    masked by the new masks (`keep_stored_weights_sparse`), as a pruning
+    step inside the compiled step does. Assigns; returns no pairs (under
+    `backend.compiled_updates` the assignments are the results)."""
+    for (pruner, members), sparsity in zip(jobs, sparsities):
+        assign(pruner.compute(members, sparsity))
         for m in members:
             m.keep_stored_weights_sparse()
-
-
-def _state_updater(model, jobs):
-    """`state -> state` for a JAX train step: `_updates_before_the_step`
-    applied to the trainable and non-trainable values of the state
-    `(trainable, non_trainable, optimizer, metrics)` Keras's JAX trainer
-    passes its `train_step`."""
-    from keras.src.backend.common.stateless_scope import StatelessScope
-
-    def update(state):
-        trainable, non_trainable, *rest = state
-        variables = model.trainable_variables + model.non_trainable_variables
-        values = list(trainable) + list(non_trainable)
-        with StatelessScope(state_mapping=list(zip(variables, values))) as scope:
-            _updates_before_the_step(jobs)
-        values = [scope.get_current_value(v) for v in variables]
-        return (values[: len(trainable)], values[len(trainable) :], *rest)
-
-    return update
+    return []
 
 
 class HostSchedule:
@@ -242,8 +218,7 @@ _STEPS = weakref.WeakKeyDictionary()
 class StepVariants:
     """The model's compiled training step for each set of due jobs.
 
-    `select(due)` marks the due wrappers (read when a step is traced; on
-    JAX none: the step updates its state before the forward pass) and
+    `select(due)` marks the due wrappers (read when a step is traced) and
     makes `model.train_function` the step compiled for them, tracing it on
     first use. Created at the start of `fit`, it keeps the steps of an
     earlier `fit` unless `fresh` (the wrappers changed), the model was
@@ -267,20 +242,49 @@ class StepVariants:
         self.steps = steps
 
     def select(self, due):
+        if due and not backend.constraints_may_read_variables():
+            self._update_between_steps(due)
+            due = ()
         if due == self.current:
             return
-        # The marks are read whenever a step is traced (again, on a new
-        # batch shape), so they always match the selected step.
-        before_the_step = due and not backend.constraints_may_read_variables()
-        self._mark(() if before_the_step else due)
+        self._mark(due)
         if due not in self.steps:
-            before = None
-            if before_the_step:
-                before = _state_updater(self.model, [self.jobs[j] for j in due])
-            self.steps[due] = _new_train_function(self.model, before)
+            self.steps[due] = _new_train_function(self.model)
         else:
             self.model.train_function = self.steps[due]
         self.current = due
+
+    def _update_between_steps(self, due):
+        """Runs the due jobs now, between two steps (JAX).
+
+        Under JAX `fit` the optimizer cannot read a mask computed inside the
+        step (`backend.constraints_may_read_variables`), so the host writes
+        the training state back to the variables, runs one compiled update
+        for every job due (new masks, and the stored weights masked by them)
+        and the trainer reads the state again before the step. Only the
+        sparsities cross, host to device.
+        """
+        self.model.jax_state_sync()
+        ready = [j for j in due if bool(self.jobs[j][0]._ready(self.jobs[j][1]))]
+        if not ready:
+            return
+        jobs = [self.jobs[j] for j in ready]
+        kept = _BETWEEN.setdefault(self.model, {})
+        key = _job_ids(jobs)
+        if key not in kept:
+            reads = _variables_read([m for _, ms in jobs for m in ms])
+            targets = [
+                v
+                for pruner, ms in jobs
+                for v in pruner.updated_variables(ms) + [w for m in ms for w, _, _ in m.pruning_vars]
+            ]
+            kept[key] = backend.compiled_updates(
+                functools.partial(_masking_updates, jobs), reads, targets
+            )
+        sparsities = [
+            np.float32(self.jobs[j][0].decision(self.schedule.steps[j])[1]) for j in ready
+        ]
+        assign(kept[key](sparsities))
 
     def _mark(self, due):
         due = set(due)
@@ -289,7 +293,7 @@ class StepVariants:
                 wrapper._update_due = j in due
 
 
-def _new_train_function(model, before=None):
+def _new_train_function(model):
     """`model.make_train_function(force=True)`, traced anew on first call.
 
     `jax.jit` keeps the trace of a function it has seen, and Keras jits the
@@ -297,8 +301,7 @@ def _new_train_function(model, before=None):
     stands in for it while the new train function is made. On JAX the
     training state is first written back to the variables (the trainer
     reads it again before the next step), which Keras needs to lay out a
-    distributed step, and `before(state) -> state` (JAX only) runs at the
-    start of the step.
+    distributed step.
     """
     sync = getattr(model, "jax_state_sync", None)
     if sync is None:
@@ -307,8 +310,8 @@ def _new_train_function(model, before=None):
     sync()
     cls_step = type(model).train_step
 
-    def train_step(state, data):
-        return cls_step(model, state if before is None else before(state), data)
+    def train_step(*args, **kwargs):
+        return cls_step(model, *args, **kwargs)
 
     object.__setattr__(model, "train_step", train_step)
     try:

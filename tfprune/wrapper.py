@@ -494,8 +494,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         Inside `fit` (the host schedules the updates), the mask constraint
         zeroes pruned weights after every optimizer update,
         `UpdatePruningStep` masks them when training begins, and a pruning
-        step masks them after its update (on JAX before the forward pass,
-        on the step's state, `tfprune.updater`). Pruned
+        step masks them after its update (on JAX the host updates masks and
+        weights between two steps, `tfprune.updater`). Pruned
         weights then get gradients, as in TFMOT, but the constraint discards
         what the optimizer does with them; criteria that read gradients
         (probes) keep the masked pass.
