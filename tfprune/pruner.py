@@ -275,11 +275,11 @@ class Pruner:
             assign(list(zip(variables, ops.cond(should_prune, new_values, old_values))))
         else:
             # Assign inside the branch: steps without an update copy nothing.
-            ops.cond(
-                should_prune,
-                lambda: assign(list(zip(variables, new_values()))),
-                lambda: ops.convert_to_tensor(False),
-            )
+            def update():
+                assign(list(zip(variables, new_values())))
+                return ops.convert_to_tensor(True)
+
+            ops.cond(should_prune, update, lambda: ops.convert_to_tensor(False))
 
     def _ready(self, members):
         ready = [self.criterion.ready(m._criterion_state) for m in members]
@@ -508,7 +508,6 @@ def _best_unit(unit_scores, size):
 
 
 def assign(pairs):
-    """Assigns `[(variable, value)]`; returns a tensor (for `cond` branches)."""
+    """Assigns `[(variable, value)]`."""
     for variable, value in pairs:
         variable.assign(value)
-    return ops.convert_to_tensor(True)

@@ -281,9 +281,14 @@ class StepVariants:
             kept[key] = backend.compiled_updates(
                 functools.partial(_masking_updates, jobs), reads, targets
             )
-        sparsities = [
-            np.float32(self.jobs[j][0].decision(self.schedule.steps[j])[1]) for j in ready
-        ]
+        sparsities, known = [], {}
+        for j in ready:
+            pruner, step = self.jobs[j][0], self.schedule.steps[j]
+            # Pruners built by one call share their schedule: ask it once.
+            asked = (id(pruner.pruning_schedule), pruner.granularity.pattern, step)
+            if asked not in known:
+                known[asked] = np.float32(pruner.decision(step)[1])
+            sparsities.append(known[asked])
         assign(kept[key](sparsities))
 
     def _mark(self, due):
