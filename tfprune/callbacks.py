@@ -82,9 +82,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             layer._host_updates = host
         self._schedule = self._variants = None
         if host:
-            trained = [
-                layer for layer in self.prunable_layers if layer.trainable and layer.layer.trainable
-            ]
+            trained = [layer for layer in self.prunable_layers if layer._trained]
             for layer in trained:
                 layer.keep_stored_weights_sparse()  # read as they are in the steps
             self._schedule = updater_lib.HostSchedule(trained)
@@ -147,12 +145,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
         (`PruneLowMagnitude._stored_weights_masked`: the mask constraint after
         every optimizer update, the updates themselves); masking them at an
         epoch's end would then change nothing."""
-        return (
-            self._schedule is not None
-            and layer.trainable
-            and layer.layer.trainable
-            and layer._stored_weights_masked()
-        )
+        return self._schedule is not None and layer._trained and layer._stored_weights_masked()
 
     def on_train_end(self, logs=None):
         for layer in self.prunable_layers:

@@ -172,6 +172,15 @@ def _masking_updates(jobs, sparsities):
     return []
 
 
+def _decision(pruner, step, known):
+    """`pruner.decision(step)`, kept in `known`: pruners built by one call
+    share their schedule, which is asked once per step."""
+    key = (id(pruner.pruning_schedule), pruner.granularity.pattern, step)
+    if key not in known:
+        known[key] = pruner.decision(step)
+    return known[key]
+
+
 class HostSchedule:
     """Counts training steps on the host and says which jobs update next.
 
@@ -201,11 +210,7 @@ class HostSchedule:
                     due.append(j)
                     self._next[j] = pruner.next_update(step + 1)
                 continue
-            # Pruners built by one call share their schedule: ask it once.
-            key = (id(pruner.pruning_schedule), pruner.granularity.pattern, step)
-            if key not in decided:
-                decided[key] = bool(pruner.decision(step)[0])
-            if decided[key]:
+            if bool(_decision(pruner, step, decided)[0]):
                 due.append(j)
         return tuple(due)
 
@@ -281,14 +286,10 @@ class StepVariants:
             kept[key] = backend.compiled_updates(
                 functools.partial(_masking_updates, jobs), reads, targets
             )
-        sparsities, known = [], {}
-        for j in ready:
-            pruner, step = self.jobs[j][0], self.schedule.steps[j]
-            # Pruners built by one call share their schedule: ask it once.
-            asked = (id(pruner.pruning_schedule), pruner.granularity.pattern, step)
-            if asked not in known:
-                known[asked] = np.float32(pruner.decision(step)[1])
-            sparsities.append(known[asked])
+        known = {}
+        sparsities = [
+            np.float32(_decision(self.jobs[j][0], self.schedule.steps[j], known)[1]) for j in ready
+        ]
         assign(kept[key](sparsities))
 
     def _mark(self, due):

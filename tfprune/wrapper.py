@@ -440,13 +440,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             self.pruner.observe(self, outputs, training_call)
         return outputs
 
-    def _training_call(self, training):
-        """Whether this call prunes: a training call of a trainable layer.
+    @property
+    def _trained(self):
+        """Whether training changes this layer: the wrapper and the wrapped
+        layer are both trainable. A frozen layer keeps its masks: pruning
+        weights the optimizer cannot adjust would only cost accuracy."""
+        return self.trainable and self.layer.trainable
 
-        A frozen layer (`trainable=False`) keeps its masks: pruning weights
-        the optimizer cannot adjust would only cost accuracy.
-        """
-        if not (self.trainable and self.layer.trainable):
+    def _training_call(self, training):
+        """Whether this call prunes: a training call of a `_trained` layer."""
+        if not self._trained:
             return False
         if training is None:
             return self._fit_training
