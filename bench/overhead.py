@@ -298,6 +298,10 @@ def main():
         "--threads", type=int, default=1,
         help="CPU threads per worker (default 1; 0 = library defaults)",
     )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=int, default=1800,
+        help="seconds per worker (default 1800; XLA compiles real models for minutes)",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -333,7 +337,7 @@ def main():
             jit_compile=label.endswith("-xla"),
         )  # fmt: skip
         runs[f"tfprune[{label}]"] = C.run_worker(
-            __file__, NAME, f"tfprune-{label}", cfg, "tfprune", backend
+            __file__, NAME, f"tfprune-{label}", cfg, "tfprune", backend, timeout=args.timeout
         )
     if args.reference:
         repo, sha = C.checkout(args.reference)
@@ -342,12 +346,15 @@ def main():
             cfg = dict(base, kind="tfprune", backend=backend, rounds=rounds_for(backend),
                        ablate=False, jit_compile=False)  # fmt: skip
             runs[f"tfprune[{label}]"] = C.run_worker(
-                __file__, NAME, f"tfprune-{label}", cfg, "tfprune", backend, repo=repo
+                __file__, NAME, f"tfprune-{label}", cfg, "tfprune", backend, repo=repo,
+                timeout=args.timeout,
             )
             labels.append(label)
     if not args.no_tfmot:
         cfg = dict(base, kind="tfmot", rounds=rounds_for("tensorflow"))
-        runs["tfmot[tf_keras]"] = C.run_worker(__file__, NAME, "tfmot", cfg, "tfmot")
+        runs["tfmot[tf_keras]"] = C.run_worker(
+            __file__, NAME, "tfmot", cfg, "tfmot", timeout=args.timeout
+        )
 
     report(runs, models, labels, args)
     C.save_results(
