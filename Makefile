@@ -61,6 +61,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/criteria.py
 
 lint: $(VENV)/.installed-test
+	$(PIP) install -q -e ".[lint]"
 	$(PY) -m ruff check tfprune tests bench
 
 clean:

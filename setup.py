@@ -24,6 +24,7 @@ setup(
         "jax": ["jax"],
         "demo": ["scikit-learn"],
         "plots": ["matplotlib"],
+        "lint": ["ruff"],  # `make lint`
         "test": [
             "pytest",
             "pytest-xdist",
