@@ -356,7 +356,6 @@ def main():
             __file__, NAME, "tfmot", cfg, "tfmot", timeout=args.timeout
         )
 
-    report(runs, models, labels, args)
     C.save_results(
         NAME,
         {
@@ -365,6 +364,7 @@ def main():
             "runs": runs,
         },
     )
+    report(runs, models, labels, args)
 
 
 def _get(run, model, key, variant):
@@ -426,13 +426,6 @@ def report(runs, models, backends, args):
                      C.fmt(_get(run, model, "median_epoch_s", v)),
                      *_ratio_cell(run, model, v), "", "", "", "", "", "", "", ""]
                 )  # fmt: skip
-    print(
-        "\nSteady-state epoch time (median over rounds), pruned/dense ratio (median of per-round"
-        "\nratios); first epochs s: the warm-up up to the first mask update (tracing, compiling)"
-    )
-    print(C.table(headers, rows))
-    if args.ablate:
-        print("1* = f=1 with mask recomputation disabled (per-step bookkeeping only)")
     print("\nFinal kernel sparsity of pruned models (sanity check, target 0.9):")
     for name, run in runs.items():
         for model in models:
@@ -449,6 +442,13 @@ def report(runs, models, backends, args):
     for name, run in runs.items():
         if "error" in run:
             print(f"  {name}: ERROR {run['error']}")
+    if args.ablate:
+        print("\n1* = f=1 with mask recomputation disabled (per-step bookkeeping only)")
+    print(
+        "\nSteady-state epoch time (median over rounds), pruned/dense ratio (median of per-round"
+        "\nratios); first epochs s: the warm-up up to the first mask update (tracing, compiling)"
+    )
+    print(C.table(headers, rows))
 
 
 if __name__ == "__main__":
