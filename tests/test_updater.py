@@ -161,6 +161,29 @@ def _host_due_steps(pruner, start, horizon):
     return [step for step in range(start + 1, horizon) if schedule.next_step() == (0,)]
 
 
+def test_a_due_update_without_statistics_keeps_every_mask_on_every_backend():
+    """Taylor scores have no statistics before the first step's gradient
+    reaches them (they lag by one step): the update due then keeps every
+    mask, whether it runs in the step or between steps (JAX, where the
+    update decides it itself rather than the host reading it). With a
+    global ranking, which keeps exactly `k`, running it would keep half."""
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d")])
+    schedule = tfprune.ConstantSparsity(0.5, 0, frequency=1)
+    pruned = tfprune.prune(model, schedule, criterion="taylor", scope="global")
+    x, y = data((6,), n=32, classes=4)
+    compile_model(pruned, keras.optimizers.SGD(0.01))
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            (layer,) = wrappers(self.model)
+            statistics = to_numpy(layer._criterion_state["acc"][0])
+            seen.append((int(to_numpy(layer.pruning_vars[0][1]).sum()), bool(np.any(statistics))))
+
+    fit(pruned, x, y, callbacks=[tfprune.UpdatePruningStep(), Record()])  # 4 steps
+    assert seen == [(24, False), (24, True), (12, True), (12, True)]
+
+
 def test_the_host_schedule_skips_to_each_update_as_asking_every_step_would():
     schedules = [
         tfprune.ConstantSparsity(0.5, begin_step=7, frequency=5),

@@ -163,13 +163,26 @@ _BETWEEN = weakref.WeakKeyDictionary()
 def _masking_updates(jobs, sparsities):
     """Each job's update at its sparsity, then its members' stored weights
     masked by the new masks (`keep_stored_weights_sparse`), as a pruning
-    step inside the compiled step does. Assigns; returns no pairs (under
+    step inside the compiled step does. A job whose criterion has no
+    statistics yet (`Pruner._ready`) keeps every value, decided here rather
+    than on the host. Assigns; returns no pairs (under
     `backend.compiled_updates` the assignments are the results)."""
     for (pruner, members), sparsity in zip(jobs, sparsities):
+        ready = pruner._ready(members)
+        changed = _job_targets(pruner, members)
+        before = None if ready is True else [backend.read(v) for v in changed]
         assign(pruner.compute(members, sparsity))
         for m in members:
             m.keep_stored_weights_sparse()
+        if before is not None:
+            assign((v, ops.where(ready, backend.read(v), old)) for v, old in zip(changed, before))
     return []
+
+
+def _job_targets(pruner, members):
+    """What a job's update between steps may change: the pruner's variables
+    and the members' pruned weights."""
+    return pruner.updated_variables(members) + [w for m in members for w, _, _ in m.pruning_vars]
 
 
 def _decision(pruner, step, known):
@@ -267,28 +280,22 @@ class StepVariants:
         the training state back to the variables, runs one compiled update
         for every job due (new masks, and the stored weights masked by them)
         and the trainer reads the state again before the step. Only the
-        sparsities cross, host to device.
+        sparsities cross, host to device: whether a criterion has its
+        statistics is decided inside the update.
         """
         self.model.jax_state_sync()
-        ready = [j for j in due if bool(self.jobs[j][0]._ready(self.jobs[j][1]))]
-        if not ready:
-            return
-        jobs = [self.jobs[j] for j in ready]
+        jobs = [self.jobs[j] for j in due]
         kept = _BETWEEN.setdefault(self.model, {})
         key = _job_ids(jobs)
         if key not in kept:
             reads = _variables_read([m for _, ms in jobs for m in ms])
-            targets = [
-                v
-                for pruner, ms in jobs
-                for v in pruner.updated_variables(ms) + [w for m in ms for w, _, _ in m.pruning_vars]
-            ]
+            targets = [v for pruner, ms in jobs for v in _job_targets(pruner, ms)]
             kept[key] = backend.compiled_updates(
                 functools.partial(_masking_updates, jobs), reads, targets
             )
         known = {}
         sparsities = [
-            np.float32(_decision(self.jobs[j][0], self.schedule.steps[j], known)[1]) for j in ready
+            np.float32(_decision(self.jobs[j][0], self.schedule.steps[j], known)[1]) for j in due
         ]
         assign(kept[key](sparsities))
 
