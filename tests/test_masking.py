@@ -242,6 +242,35 @@ def test_top_k_with_eligible_on_sliced_scans():
         assert to_numpy(keep).tolist() == _top_k_reference(scores, k, eligible).tolist()
 
 
+def _predicted_cases():
+    """Scores of `PREDICT_FROM` elements and more: one histogram pass where a
+    sample predicts the bin of the threshold, two where it does not."""
+    rng = np.random.default_rng(11)
+    n = masking.PREDICT_FROM + 17
+    gaussian = np.abs(rng.normal(size=n))
+    # Every sampled score far above the others: the prediction misses.
+    misleading = gaussian.copy()
+    stride = n // masking._SAMPLE
+    misleading[stride // 2 : stride * masking._SAMPLE : stride] = 1e6
+    mostly_zero = np.where(rng.random(n) < 0.9, 0.0, gaussian)
+    ties = np.repeat(rng.random(n // 1000 + 1), 1000)[:n]
+    return {"gaussian": gaussian, "misleading": misleading, "mostly_zero": mostly_zero, "ties": ties}
+
+
+@pytest.mark.parametrize("case", sorted(_predicted_cases()))
+def test_predicted_select_matches_sort(case):
+    scores = _predicted_cases()[case].astype("float32")
+    ordered = np.sort(scores)[::-1]
+    for sparsity in (0.0, 0.5, 0.9, 0.995):
+        k = keep_count(scores.size, sparsity)
+        for name, fn in _compiled_variants().items():
+            mask, threshold = fn(scores, np.float32(sparsity))
+            assert float(to_numpy(threshold)) == ordered[k - 1], (name, sparsity)
+            assert int(to_numpy(mask).sum()) == int(np.sum(scores >= ordered[k - 1])), name
+    keep, _ = _compiled(lambda s: masking.top_k_mask(s, 1000))(scores)
+    assert to_numpy(keep).tolist() == _top_k_reference(scores, 1000).tolist()
+
+
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_scans_in_slices_match_numpy(monkeypatch, sparsity):
     # The sliced scans run on large weights only (16M elements on PyTorch);

@@ -45,6 +45,22 @@ def histogram(ids, length):
     return ops.cast(ops.segment_sum(ops.ones_like(ids), ids, num_segments=length), "int32")
 
 
+def add_histogram(counts, ids):
+    """`counts + histogram(ids, len(counts))` for ids all in `[0, len(counts))`,
+    added in place where the backend can: inside a compiled loop a scatter-add
+    into the carried counts, so a long histogram costs no whole-array add per
+    slice.
+    """
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.tensor_scatter_nd_add(counts, tf.expand_dims(ids, 1), tf.ones_like(ids))
+    if backend == "jax":
+        return counts.at[ids].add(1, mode="drop")
+    return ops.add(counts, histogram(ids, counts.shape[0]))
+
+
 def _scattered_counts(clamped, length):
     """`histogram` of PyTorch ids in `[0, length]` (`length`: not counted)
     as a scatter-add: `bincount` reads the largest id on the host, where a
