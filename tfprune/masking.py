@@ -229,7 +229,7 @@ def _select_bin(counts, k, width=256):
 # Below this many elements one sort is cheaper than two 2**16-bin histograms.
 SORT_BELOW = 1 << 14
 # From this many elements a compiled select predicts the high bin from a sample.
-PREDICT_FROM = 1 << 20
+PREDICT_FROM = 1 << 22
 
 
 def kth_largest(scores, k):
