@@ -255,10 +255,12 @@ def _predicted_case(name):
         scores[stride // 2 : stride * masking._SAMPLE : stride] = 1e6
     if name == "mostly_zero":
         scores[rng.random(n) < 0.9] = 0.0
+    if name == "pruned":  # pruned to 0.9 before: the threshold is the smallest non-zero
+        scores[scores < np.sort(scores)[n - keep_count(n, 0.9)]] = 0.0
     return scores
 
 
-@pytest.mark.parametrize("case", ["gaussian", "misleading", "mostly_zero", "ties"])
+@pytest.mark.parametrize("case", ["gaussian", "misleading", "mostly_zero", "pruned", "ties"])
 def test_predicted_select_matches_sort(case):
     scores = _predicted_case(case)
     ordered = np.sort(scores)[::-1]

@@ -372,22 +372,28 @@ def _threshold(high_bin, low_counts, rank):
 def _predicted_select(scores, k):
     """`_select` in one histogram pass where a sample predicts the high bin.
 
-    The high bin of the sample's own k-th largest (at rank `k * s / n` of
-    `s = _SAMPLE` scores) is the prediction. One pass then counts the
-    elements of the `_WINDOW` high bins around it by their bit pattern (those
-    bins' low histograms) and every other element by its high bin. If the
-    k-th largest score lies in the window, its low histogram is already
-    counted; otherwise (a sample unlike the rest) the second pass runs. The
-    result is exact either way. On a CPU a histogram pass costs a scatter per
-    element, about 2.5 element-wise passes under XLA.
+    In a sample of `s = _SAMPLE` scores the k-th largest of all has rank
+    about `r = k * s / n`, within `d = 4 sqrt(r (1 - r / s)) + 2` (four
+    binomial standard deviations). One pass counts the elements of a window
+    of `_WINDOW` high bins by their bit pattern (those bins' low histograms)
+    and every other element by its high bin; the window reaches one bin above
+    the sample's `(r - d)`-th largest and reaches down from there, so it also
+    holds the threshold of a weight already pruned to the target, the
+    smallest of its non-zero scores, where the sample's `r`-th largest may be
+    a zero. If the k-th largest score lies in the window, its low histogram
+    is already counted; otherwise (a sample unlike the rest) the second pass
+    runs. The result is exact either way. On a CPU a histogram pass costs a
+    scatter per element, about 2.5 element-wise passes under XLA.
     """
     high_size, window = 1 << _HIGH_BITS, _WINDOW << _LOW_BITS
     count = min(_SAMPLE, scores.size)
-    expected = ops.cast(ops.round(ops.cast(k, "float32") * (count / scores.size)), "int32")
-    predicted, _ = _select_bin(
-        histogram(_high_ids(scores.sample(count)), high_size), ops.clip(expected, 1, count)
+    expected = ops.multiply(ops.cast(k, "float32"), count / scores.size)
+    spread = 4.0 * ops.sqrt(ops.multiply(expected, 1.0 - expected / count)) + 2.0
+    top, _ = _select_bin(
+        histogram(_high_ids(scores.sample(count)), high_size),
+        ops.clip(ops.cast(expected - spread, "int32"), 1, count),
     )
-    first = ops.clip(predicted - _WINDOW // 2, 0, high_size - _WINDOW)
+    first = ops.clip(top - (_WINDOW - 2), 0, high_size - _WINDOW)
     base = ops.left_shift(first, _LOW_BITS)
 
     def ids_of(values):
