@@ -143,18 +143,30 @@ def _alternatives(backend, k, n):
     return {"kthvalue": kth, "full sort (TFMOT)": full_sort}
 
 
-def _time(fn, args, sync, reps):
-    """Median ms of `reps` calls after one warm-up (2 calls where one takes > 1 s)."""
-    start = time.perf_counter()
-    sync(fn(*args))
-    if time.perf_counter() - start > 1.0:
-        reps = min(reps, 2)
-    times = []
-    for _ in range(reps):
+def _time(methods, sync, reps):
+    """Median ms of `reps` calls of each `name: (fn, args)` after one warm-up.
+
+    Methods under 1 s are timed side by side, one call of each in turn per
+    round, so that the ratios between them (tfprune against the element-wise
+    pass and `np.partition`) see the same machine; slower ones (sorts) get 2
+    calls each afterwards.
+    """
+    def call(name):
+        fn, args = methods[name]
         start = time.perf_counter()
         sync(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * C.median(times)
+        return time.perf_counter() - start
+
+    fast, slow = [], []
+    for name in methods:  # warm-up
+        (slow if call(name) > 1.0 else fast).append(name)
+    times = {name: [] for name in methods}
+    for _ in range(reps):
+        for name in fast:
+            times[name].append(call(name))
+    for name in slow:
+        times[name] += [call(name), call(name)]
+    return {name: 1e3 * C.median(times[name]) for name in methods}
 
 
 def _numpy_mask(w, k):
@@ -201,14 +213,13 @@ def worker(cfg):
                 (x, t),
             )
         reference, _ = _numpy_mask(w, k)
-        rows = {}
+        same = {}
         for name, (fn, args) in methods.items():
-            same = None
             if not name.startswith("pass"):
                 mask = np.asarray(keras.ops.convert_to_numpy(fn(*args)[0])).astype(bool)
-                same = bool(np.array_equal(mask.reshape(reference.shape), reference))
-            ms = _time(fn, args, sync, reps if big else cfg["small_reps"])
-            rows[name] = {"ms": ms, "same_mask_as_numpy": same}
+                same[name] = bool(np.array_equal(mask.reshape(reference.shape), reference))
+        ms = _time(methods, sync, reps if big else cfg["small_reps"])
+        rows = {name: {"ms": ms[name], "same_mask_as_numpy": same.get(name)} for name in methods}
         result["shapes"].append({"shape": list(shape), "n": n, "k": k, "methods": rows})
     result["load_average"] = {"begin": load_begin, "end": C.load_average()}
     C.write_worker_result(cfg, result)
