@@ -80,9 +80,10 @@ class ElementScores:
     one shape, computed where they are read.
 
     A mask update reads its scores two or three times (one or two
-    histograms, and the compare that writes the mask). Given the sources, each read computes the
-    scores inside its own loop or fused kernel, so no whole-tensor copy of
-    them is stored: the magnitude of a masked weight is `fn(weight, mask)`.
+    histograms, and the compare that writes the mask). Given the sources,
+    each read computes the scores inside its own loop or fused kernel, so no
+    whole-tensor copy of them is stored: the magnitude of a masked weight is
+    `fn(weight, mask)`.
     `fn` should be one module-level function (compiled selections are keyed
     on it). A plain tensor is `ElementScores.of(tensor)`.
 
