@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -180,6 +181,37 @@ def test_layer_normalization_keeps_its_channels(rng):
     pruned = tfprune.prune(model, None, granularity="filter")
     tfprune.update_masks(pruned, 0.5)
     assert sizes(tfprune.thin(pruned)) == {"d1": 8, "mid": 3, "d2": 2}
+
+
+@graph_logic
+@pytest.mark.parametrize("activation", ["softmax", "sparsemax"])
+def test_channels_a_softmax_mixes_are_kept_without_a_warning(rng, activation):
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(6, name="h"),
+        keras.layers.Dense(6, name="mixed", activation=activation), keras.layers.Dense(2, name="out"),
+    ])  # fmt: skip
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = tfprune.thin(pruned)
+    assert not [w for w in caught if "softmax" in str(w.message)]
+    assert sizes(small) == {"h": 3, "mixed": 6, "out": 2}
+    assert_same_outputs(pruned, small, rng.normal(size=(4, 4)).astype("float32"))
+
+
+@graph_logic
+def test_a_graph_with_the_add_layer_and_an_add_operation_thins(rng):
+    """Keras's `Add` layer and the `Add` operation of `h + 3.0` share a class
+    name; rebuilding the graph must not mistake one for the other."""
+    x = keras.Input((8,))
+    h = keras.layers.Add(name="sum")([keras.layers.Dense(8, name="a")(x), keras.layers.Dense(8, name="b")(x)])
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(h + 3.0))
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert sizes(small) == {"a": 4, "b": 4, "out": 2}
+    assert_same_outputs(pruned, small, rng.normal(size=(4, 8)).astype("float32"))
 
 
 @graph_logic

@@ -67,11 +67,14 @@ def _classes_in_scope(model):
     registered for that (only to load a saved file, as anywhere in Keras).
     The configs come from the caller's own live objects, not from a file, so
     `Lambda` layers holding Python lambdas are copied too (safe mode off).
+    Keras's own classes are left to Keras, which finds them by module: by
+    bare name, the `Add` layer would shadow the `Add` operation of an
+    `x + y` in the same graph (MobileNetV3).
     """
     objects = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for obj in (layer, getattr(layer, "pruning_schedule", None)):
-            if obj is not None:
+            if obj is not None and not type(obj).__module__.startswith("keras."):
                 cls = type(obj)
                 objects.setdefault(cls.__name__, cls)
                 objects.setdefault(keras.saving.get_registered_name(cls), cls)

@@ -222,8 +222,10 @@ def _fixed_new(b, tensor, reason):
 
 
 def _softmax_like(activation):
+    """Whether an activation mixes the channels of its input (a softmax over
+    them, or `glu`, which gates one half by the other)."""
     name = getattr(activation, "__name__", str(activation))
-    return name in ("softmax", "log_softmax")
+    return name in ("softmax", "log_softmax", "sparsemax", "glu")
 
 
 # -------------------------------------------------------------------- rules
