@@ -200,6 +200,18 @@ def test_channels_a_softmax_mixes_are_kept_without_a_warning(rng, activation):
     assert_same_outputs(pruned, small, rng.normal(size=(4, 4)).astype("float32"))
 
 
+def test_counts_and_reports_refuse_what_is_not_a_graph_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    for call, argument, value in [
+        (lambda: tfprune.count_params(None), "model", "None"),
+        (lambda: tfprune.count_flops("model.keras"), "model", "'model.keras'"),
+        (lambda: tfprune.thinning_report(None, model), "before", "None"),
+        (lambda: tfprune.thinning_report(model, 3), "after", "3"),
+    ]:
+        with pytest.raises(ValueError, match=f"Argument `{argument}` must be .* Received: {argument}={value}"):
+            call()
+
+
 @graph_logic
 def test_a_graph_with_the_add_layer_and_an_add_operation_thins(rng):
     """Keras's `Add` layer and the `Add` operation of `h + 3.0` share a class

@@ -191,12 +191,16 @@ def plain(model):
     return model
 
 
-def _check_model(model):
+def _check_graph_model(model, argument="model"):
     if not isinstance(model, keras.Model) or not cloning.is_graph_model(model):
         raise ValueError(
-            "Argument `model` must be a Sequential or Functional `keras.Model` (its graph "
-            f"shows which channels are coupled). Received: model={model!r}"
+            f"Argument `{argument}` must be a Sequential or Functional `keras.Model` (its "
+            f"graph shows which channels are coupled). Received: {argument}={model!r}"
         )
+
+
+def _check_model(model):
+    _check_graph_model(model)
     if isinstance(model, Functional) and cloning._keeps_its_class(model):
         raise ValueError(
             f"Model '{model.name}' of type {type(model).__name__} is built from its own "
@@ -450,15 +454,19 @@ def report(before, after, *, sizes=True):
 
     Example: `print(tfprune.thinning_report(model, tfprune.thin(model)))`.
     """
+    _check_graph_model(before, "before")
+    _check_graph_model(after, "after")
     return Report(before, after, sizes=sizes)
 
 
 def count_params(model):
     """Parameters of a graph model, as the dependency graph counts them."""
+    _check_graph_model(model)
     return int(round(graph_lib.build(plain(model), strict=False).count("params")))
 
 
 def count_flops(model):
     """FLOPs of one forward pass of one example (2 per multiply-accumulate of
     convolutions, dense layers and attention; element-wise work not counted)."""
+    _check_graph_model(model)
     return int(round(graph_lib.build(plain(model), strict=False).count("flops")))
