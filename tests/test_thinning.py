@@ -200,6 +200,18 @@ def test_channels_a_softmax_mixes_are_kept_without_a_warning(rng, activation):
     assert_same_outputs(pruned, small, rng.normal(size=(4, 4)).astype("float32"))
 
 
+@graph_logic
+@pytest.mark.parametrize("options", [{}, {"scope": "global"}, {"budget": "flops"}, {"budget": "params"}])
+def test_min_sparsity_bounds_a_group_in_every_selection(options):
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(30, 3, name="b")(keras.layers.Conv2D(40, 3, name="a")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling2D()(h)))
+    model.get_layer("a").kernel.assign(model.get_layer("a").kernel * 10)  # its filters rank first
+    pruned = tfprune.prune(model, None, granularity="filter", min_sparsity={"a": 0.9}, **options)
+    tfprune.update_masks(pruned, 0.5)
+    assert sizes(tfprune.thin(pruned))["a"] == keep_count(40, 0.9)
+
+
 def test_counts_and_reports_refuse_what_is_not_a_graph_model():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     for call, argument, value in [

@@ -383,6 +383,16 @@ def _forced(binding, scores):
     return _per_group_top_k(binding, scores, counts)
 
 
+def _allowed(binding, scores):
+    """Units a cross-layer selection may keep: of a group with a
+    `min_sparsity`, its best `keep_count(eligible, min_sparsity)`; all others."""
+    counts = [
+        eligible if low is None else masking.keep_count(eligible, low)
+        for _, _, eligible, _, low, _ in binding.groups
+    ]
+    return _per_group_top_k(binding, scores, counts)
+
+
 def select(binding, scores, sparsity, per_layer):
     """The boolean keep vector over all units."""
     scores = masking.non_negative(scores)
@@ -391,26 +401,32 @@ def select(binding, scores, sparsity, per_layer):
         return _per_group_top_k(binding, scores, counts)
     forced = _forced(binding, scores)
     eligible = ops.logical_and(binding.eligible, ops.logical_not(forced))
+    permitted = None  # under `min_sparsity`: the most a group may keep
+    if any(low is not None for *_, low, _ in binding.groups):
+        permitted = ops.logical_or(_allowed(binding, scores), forced)
+        eligible = ops.logical_and(eligible, permitted)
     if binding.budget == "channels":
         total = masking.keep_count(int(binding.eligible.sum()), sparsity)
         room = total - ops.sum(ops.cast(ops.logical_and(forced, binding.eligible), "int32"))
         chosen, _ = masking.top_k_mask(scores, room, eligible)
         keep = ops.logical_or(ops.logical_or(chosen, forced), ~binding.eligible)
     else:
-        keep = _keep_by_cost(binding, scores, eligible, sparsity)
+        keep = _keep_by_cost(binding, scores, eligible, sparsity, permitted)
     if binding.round_to:
         keep = _per_group_top_k(binding, scores, _rounded(binding, _group_sums(binding, keep)))
     return keep
 
 
-def _keep_by_cost(binding, scores, removable, sparsity):
+def _keep_by_cost(binding, scores, removable, sparsity, permitted=None):
     """Removes the lowest-scoring units until the cost falls to `1 - sparsity`
-    of the full cost: a binary search on the score threshold's bit pattern."""
+    of the full cost: a binary search on the score threshold's bit pattern.
+    Units outside `permitted` (a boolean vector) are removed first."""
     bits = ops.view(ops.cast(scores, "float32"), "int32")
     target = 1.0 - ops.cast(sparsity, "float32")
 
     def keep_at(threshold):  # removes removable units scoring below `threshold`
-        return ops.logical_not(ops.logical_and(removable, ops.less(bits, threshold)))
+        keep = ops.logical_not(ops.logical_and(removable, ops.less(bits, threshold)))
+        return keep if permitted is None else ops.logical_and(keep, permitted)
 
     def enough(threshold):
         return ops.less_equal(binding.cost(keep_at(threshold)), target)
