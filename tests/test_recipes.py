@@ -74,6 +74,34 @@ def test_epochs_become_steps():
     assert schedule.get_config() == tfprune.PolynomialDecay(0.1, 0.7, 10, 30, frequency=5).get_config()
 
 
+def test_negative_epochs_are_refused_and_an_end_epoch_of_minus_one_never_ends():
+    config = {"type": "constant", "target_sparsity": 0.5, "begin_epoch": 0, "end_epoch": -1}
+    schedule = recipes.schedule_from_config(config, steps_per_epoch=50)
+    assert schedule.get_config() == tfprune.ConstantSparsity(0.5, 0, -1).get_config()
+    for key in ("begin_epoch", "end_epoch"):
+        with pytest.raises(recipes.RecipeError, match=f"`{key}` must be >= 0. Received: {key}=-3"):
+            recipes.schedule_from_config({**config, key: -3}, steps_per_epoch=50)
+
+
+def test_a_model_with_two_outputs_counts_its_steps_from_the_samples():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, name="d")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(1, name="a")(h), keras.layers.Dense(1, name="b")(h)])
+    model.compile("adam", ["mse", "mse"])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((320, 4), "float32"), [rng.random((320, 1)), rng.random((320, 1))]
+    recipe = recipes.Recipe.from_config({
+        "pruners": {"p": {"layers": ["d"], "schedule": {
+            "type": "polynomial", "initial_sparsity": 0.0, "final_sparsity": 0.5,
+            "begin_epoch": 0, "end_epoch": 2, "frequency_epochs": 1}}},
+        "training": {"epochs": 1, "batch_size": 32},
+    })  # fmt: skip
+    seen, apply = [], recipe.apply
+    recipe.apply = lambda model, steps_per_epoch: seen.append(steps_per_epoch) or apply(model, steps_per_epoch)
+    recipe.run(model, x, y, verbose=0)
+    assert seen == [10]  # 320 samples in batches of 32
+
+
 def _model():
     return keras.Sequential([
         keras.Input((6,)), keras.layers.Dense(8, name="h1"), keras.layers.Dense(8, name="h2"),

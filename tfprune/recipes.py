@@ -62,7 +62,6 @@ import os
 import re
 
 import keras
-import numpy as np
 
 # Schedule types by their short names, with the arguments each takes.
 SCHEDULES = {
@@ -151,6 +150,11 @@ def schedule_from_config(config, steps_per_epoch=None, where="schedule", check_o
             step_key = _IN_EPOCHS[key]
             if step_key in config:
                 _fail(where, f"give `{key}` or `{step_key}`, not both")
+            if key == "end_epoch" and value == -1:  # as `end_step: -1`: never ends
+                values[step_key] = -1
+                continue
+            if value < 0:
+                _fail(where, f"`{key}` must be >= 0. Received: {key}={value!r}")
             if check_only and steps_per_epoch is None:
                 continue
             if steps_per_epoch is None:
@@ -436,7 +440,8 @@ class Recipe:
 
         self._loss(model)  # checked before anything is built
         batch_size = self.training.get("batch_size", 32)
-        steps_per_epoch = math.ceil(len(np.asarray(y)) / batch_size)
+        samples = len(keras.tree.flatten(y)[0])  # `y` may be a list or dict of outputs
+        steps_per_epoch = math.ceil(samples / batch_size)
         pruned = self.apply(model, steps_per_epoch)
         self.compile(pruned, like=model)
         history = pruned.fit(
