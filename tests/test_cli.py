@@ -125,6 +125,11 @@ def test_schedule_from_a_config_file(tmp_path, capsys):
                                 "frequency": 5}))  # fmt: skip
     assert cli.main(["schedule", "--config", str(flat), "--steps", "10"]) == 0
     assert "2 mask updates" in capsys.readouterr().out
+    typed = tmp_path / "typed.json"  # `type:`, as a recipe writes it
+    typed.write_text(json.dumps({"type": "agp", "final_sparsity": 0.8, "begin_step": 10,
+                                 "end_step": 50, "frequency": 20}))  # fmt: skip
+    assert cli.main(["schedule", "--config", str(typed), "--steps", "60"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == steps
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,8 @@ def _schedule_from(args):
 
     if args.config:
         config = recipes.read_mapping(args.config, "config")  # a ValueError if it cannot
-        if "class_name" not in config:  # `schedule: NAME` names the type here
+        # `schedule: NAME` names the type here; `type: NAME` as in recipes
+        if "class_name" not in config and "type" not in config:
             config = dict(config)
             config["type"] = config.pop("schedule", None)
         where = args.config

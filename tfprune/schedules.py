@@ -546,7 +546,7 @@ class AGP(_RangeSchedule):
 
 
 def get(identifier):
-    """Returns a schedule from an instance, a config dict or a class name."""
+    """Returns a schedule from an instance or a Keras config dict."""
     if isinstance(identifier, PruningSchedule):
         return identifier
     if isinstance(identifier, dict):
