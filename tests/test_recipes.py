@@ -83,6 +83,12 @@ def test_negative_epochs_are_refused_and_an_end_epoch_of_minus_one_never_ends():
             recipes.schedule_from_config({**config, key: -3}, steps_per_epoch=50)
 
 
+def test_proximal_must_be_a_boolean():
+    config = {"regularizers": {"a": {"type": "l1", "layers": ["d"], "proximal": "false"}}}
+    with pytest.raises(recipes.RecipeError, match=r"regularizers.a: `proximal` must be true or false. Received: proximal='false'"):
+        recipes.Recipe.from_config(config)
+
+
 def test_a_model_with_two_outputs_counts_its_steps_from_the_samples():
     inputs = keras.Input((4,))
     h = keras.layers.Dense(8, name="d")(inputs)

@@ -249,6 +249,8 @@ class Recipe:
             _known(regularizer, ("type", *REGULARIZERS[kind]), where)
             _patterns(regularizer.get("layers"), where)
             _make_regularizer(regularizer, where)  # checks values
+            if not isinstance(regularizer.get("proximal", False), bool):
+                _fail(where, f"`proximal` must be true or false. Received: proximal={regularizer['proximal']!r}")
             _window(regularizer, 1, where)
         l0 = [name for name, r in regularizers.items() if r["type"] == "l0"]
         if len(l0) > 1:
