@@ -64,6 +64,16 @@ def test_global_scope_hits_the_target_exactly_with_the_globally_smallest(target)
     assert thresholds == {float(ranked.min())}
 
 
+@pytest.mark.parametrize(
+    "low, high, where",
+    [(0.8, 0.2, ""), ({"conv1": 0.6}, {"conv1": 0.5}, " for layer 'conv1'"), (0.7, {"conv1": 0.5}, " for layer 'conv1'")],
+)
+def test_min_sparsity_above_max_sparsity_is_refused(low, high, where):
+    with pytest.raises(ValueError, match=f"`min_sparsity` must not exceed `max_sparsity`{where}. Received: "):
+        tfprune.Pruner(tfprune.ConstantSparsity(0.5, 0), scope="global", min_sparsity=low, max_sparsity=high)
+    tfprune.Pruner(tfprune.ConstantSparsity(0.5, 0), scope="global", min_sparsity=0.2, max_sparsity=0.2)
+
+
 def test_global_scope_caps_and_one_unit_per_weight():
     model = cnn()
     pruned = tfprune.prune(

@@ -94,6 +94,7 @@ class Pruner:
             None if max_sparsity is None else allocation.per_layer("max_sparsity", max_sparsity)
         )
         self._check_combination()
+        self._check_bounds()
         self.group = group or f"pruner_{uuid.uuid4().hex[:12]}"
         self.members = []
         self._last_token = None
@@ -105,6 +106,21 @@ class Pruner:
     def cross_layer(self):
         """Whether every member is updated at once (from all layers' scores)."""
         return not self.scope.per_layer or isinstance(self.granularity, structured.Coupled)
+
+    def _check_bounds(self):
+        """`min_sparsity` at most `max_sparsity`, for every layer both name."""
+        low, high = self.min_sparsity, self.max_sparsity
+        if low is None or high is None:
+            return
+        names = {*(low if isinstance(low, dict) else ()), *(high if isinstance(high, dict) else ())}
+        for name in names or {None}:
+            a, b = allocation.for_layer(low, name), allocation.for_layer(high, name)
+            if a is not None and b is not None and a > b:
+                where = "" if name is None else f" for layer {name!r}"
+                raise ValueError(
+                    f"`min_sparsity` must not exceed `max_sparsity`{where}. "
+                    f"Received: min_sparsity={low!r}, max_sparsity={high!r}"
+                )
 
     def _check_combination(self):
         kind = self.scope.kind
