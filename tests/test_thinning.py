@@ -289,6 +289,15 @@ def test_bad_plans_are_refused():
     partial = {"format": "tfprune.plan", "version": 1, "removed": {"stem": {"out": [0]}}}
     with pytest.raises(ValueError, match="coupled to the removed ones"):
         tfprune.apply_plan(model, partial)  # 'expand' and 'se_expand' share it
+    small = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, name="hidden"), keras.layers.Dense(2, name="out")]
+    )
+    every = {"format": "tfprune.plan", "version": 1, "removed": {"hidden": {"out": list(range(8))}}}
+    with pytest.raises(ValueError, match="every channel of 'hidden'; the group keeps at least one"):
+        tfprune.apply_plan(small, every)
+    for removed in ({"hidden": [0, 1]}, None, {"hidden": {"out": ["a"]}}):
+        with pytest.raises(ValueError, match="Argument `plan` must hold `removed`"):
+            tfprune.apply_plan(small, {"format": "tfprune.plan", "version": 1, "removed": removed})
 
 
 # ------------------------------------------------------- budgets, training

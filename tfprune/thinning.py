@@ -94,7 +94,13 @@ class Plan:
                 "Argument `plan` must be a `tfprune.Plan`, its `to_dict()`, its JSON or a "
                 f"file holding it (format {PLAN_FORMAT!r}). Received: plan={source!r:.200}"
             )
-        return cls(source.get("removed", {}), source.get("kept", []))
+        try:
+            return cls(source.get("removed", {}), source.get("kept", []))
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(
+                "Argument `plan` must hold `removed`: `{layer name: {'out' | 'heads': "
+                f"[channel indices]}}`. Received: plan={source!r:.200}"
+            ) from None
 
     @property
     def total_removed(self):
@@ -353,6 +359,12 @@ def apply_plan(model, plan):
                         f"which model '{model.name}' does not have. Received: plan={plan!r}"
                     )
                 keep[unit] = False
+    for group in structure.groups:
+        if not keep[group.units].any():
+            raise ValueError(
+                f"Argument `plan` removes every channel of {', '.join(map(repr, group.producers))}; "
+                f"{KEEPS_ONE}. Received: plan={plan!r}"
+            )
     fixed = [u for u in np.flatnonzero(~keep) if u in structure.fixed_by]
     if fixed:
         raise ValueError(
