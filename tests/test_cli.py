@@ -142,6 +142,11 @@ def test_schedule_from_a_config_file(tmp_path, capsys):
          "frequency, begin_epoch, end_epoch, frequency_epochs)"),
         (["schedule", "--config", "missing.json"], "config: no such file: missing.json"),
         (["schedule"], "give a schedule name"),
+        (["schedule", "agp", "--final-sparsity", "0.9", "--steps", "-3"], "--steps=-3"),
+        (["schedule", "--config", "s.json", "--final-sparsity", "0.5"],
+         "cannot be combined with a schedule name or its flags. Received: --config=s.json and "
+         "--final-sparsity=0.5"),
+        (["schedule", "agp", "--config", "s.json"], "Received: --config=s.json and agp"),
     ],
 )  # fmt: skip
 def test_schedule_refuses_bad_values_with_exit_code_2(args, message, capsys):

@@ -520,6 +520,26 @@ def test_different_pruners_on_different_layers_and_one_after_another():
         ({"scope": "lamp", "granularity": "filter"}, ValueError, r"coupled groups .*scope=LAMP"),
         ({"budget": "flops"}, ValueError, r"granularity='element', budget='flops'"),
         ({"granularity": "filter", "round_to": 0}, ValueError, r"round_to=0"),
+        (
+            {"granularity": "filter", "block_size": (2, 2)},
+            ValueError,
+            r"`block_size` do not apply to granularity='filter'.*block_size=\(2, 2\)",
+        ),
+        (
+            {"granularity": "row", "sparsity_m_by_n": (2, 4)},
+            ValueError,
+            r"`sparsity_m_by_n` do not apply .*sparsity_m_by_n=\(2, 4\)",
+        ),
+        (
+            {"granularity": "block", "block_size": (2, 2), "sparsity_m_by_n": (2, 4)},
+            ValueError,
+            r"`sparsity_m_by_n` do not apply to granularity='block'",
+        ),
+        (
+            {"granularity": "m_by_n", "block_pooling_type": "MAX"},
+            ValueError,
+            r"`block_pooling_type` do not apply .*block_pooling_type='MAX'",
+        ),
         ({"granularity": "head"}, ValueError, r"No layer of 'sequential.*' has weights .*Head"),
     ],
 )

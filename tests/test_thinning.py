@@ -309,7 +309,7 @@ def test_round_to_and_per_layer_limits(rng):
     h = keras.layers.GlobalAveragePooling2D()(h)
     model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
     pruned = tfprune.prune(
-        model, None, granularity="filter", round_to=8, max_sparsity={"b": 0.2}
+        model, None, granularity="filter", round_to=np.int64(8), max_sparsity={"b": 0.2}
     )
     tfprune.update_masks(pruned, 0.7)
     # a: 40 * 0.3 = 12 kept, rounded up to 16; b: at most 20% removed: 24

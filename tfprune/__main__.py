@@ -69,7 +69,23 @@ def _schedule_from(args):
     """The schedule the flags or the config file describe."""
     from tfprune import recipes
 
+    flags = {
+        key: getattr(args, key)
+        for key in ("target_sparsity", "initial_sparsity", "final_sparsity", "rate",
+                    "power", "begin_step", "end_step", "frequency")  # fmt: skip
+        if getattr(args, key) is not None
+    }
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive number of steps. Received: --steps={args.steps}")
     if args.config:
+        given = ([args.name] if args.name else []) + [
+            f"--{key.replace('_', '-')}={value}" for key, value in flags.items()
+        ]
+        if given:
+            raise ValueError(
+                f"--config describes the whole schedule; it cannot be combined with a "
+                f"schedule name or its flags. Received: --config={args.config} and {' '.join(given)}"
+            )
         config = recipes.read_mapping(args.config, "config")  # a ValueError if it cannot
         # `schedule: NAME` names the type here; `type: NAME` as in recipes
         if "class_name" not in config and "type" not in config:
@@ -77,13 +93,7 @@ def _schedule_from(args):
             config["type"] = config.pop("schedule", None)
         where = args.config
     else:
-        config = {
-            key: getattr(args, key)
-            for key in ("target_sparsity", "initial_sparsity", "final_sparsity", "rate",
-                        "power", "begin_step", "end_step", "frequency")  # fmt: skip
-            if getattr(args, key) is not None
-        }
-        config["type"] = args.name
+        config = {**flags, "type": args.name}
         where = "schedule"
     try:
         return recipes.schedule_from_config(config, where=where)

@@ -165,6 +165,7 @@ def prune(
         The wrapped model, layer or list.
     """
     selected = _layer_selector(layers)
+    _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n)
     coupled = (
         isinstance(to_prune, keras.Model)
         and cloning.is_graph_model(to_prune)
@@ -255,6 +256,30 @@ def _criterion(criterion, seed):
             )
         return scoring.Random(seed)
     return criterion
+
+
+def _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n):
+    """Block and N:M options given to a granularity that does not use them are refused."""
+    given = {}
+    if block_size is None or tuple(block_size) != (1, 1):
+        given["block_size"] = block_size
+    if block_pooling_type != "AVG":
+        given["block_pooling_type"] = block_pooling_type
+    if sparsity_m_by_n is not None:
+        given["sparsity_m_by_n"] = sparsity_m_by_n
+    uses = {
+        "element": set(given),  # TFMOT's arguments name the granularity
+        "block": {"block_size", "block_pooling_type"},
+        "m_by_n": {"sparsity_m_by_n"},
+    }.get(granularity if isinstance(granularity, str) else None, set())
+    unused = {name: value for name, value in given.items() if name not in uses}
+    if unused:
+        received = ", ".join(f"{name}={value!r}" for name, value in unused.items())
+        raise ValueError(
+            f"Argument(s) {', '.join(f'`{n}`' for n in unused)} do not apply to "
+            f"granularity={granularity!r} (block_size and block_pooling_type: 'block' or "
+            f"'element'; sparsity_m_by_n: 'm_by_n' or 'element'). Received: {received}"
+        )
 
 
 def _granularity(granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n):

@@ -36,6 +36,8 @@ Example:
 4
 """
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -70,11 +72,12 @@ class Coupled(Granularity):
         if budget not in BUDGETS:
             raise ValueError(f"Argument `budget` must be one of {BUDGETS}. Received: budget={budget!r}")
         if round_to is not None and (
-            isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1
+            isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1
         ):
             raise ValueError(
                 f"Argument `round_to` must be a positive int or None. Received: round_to={round_to!r}"
             )
+        round_to = None if round_to is None else int(round_to)
         self.kind, self.reduction, self.budget, self.round_to = kind, reduction, budget, round_to
         # producers left out by `layers=`: their channels stay
         self.excluded = tuple(sorted(str(n) for n in excluded))
