@@ -511,6 +511,23 @@ def test_different_pruners_on_different_layers_and_one_after_another():
         ({"layers": ["fc9"]}, ValueError, r"Argument `layers` names layers .*\['fc9'\]"),
         ({"layers": "fc1"}, TypeError, r"layers='fc1'"),
         ({"max_sparsity": 1.0}, ValueError, r"max_sparsity=1.0"),
+        (
+            {"min_sparsity": {"flatten": 0.5}},
+            ValueError,
+            r"`min_sparsity` names layers this pruner does not prune: \['flatten'\] .*"
+            r"the layers it wraps: \['conv1', 'conv2', 'fc1', 'fc2'\]",
+        ),
+        (
+            {"max_sparsity": {"fc1": 0.5}, "layers": ["conv1"]},
+            ValueError,
+            r"`max_sparsity` names layers this pruner does not prune: \['fc1'\]",
+        ),
+        (
+            {"max_sparsity": {"fc2": 0.5}, "granularity": "filter"},
+            ValueError,
+            r"\['fc2'\] \(limits apply to the producers of its coupled channel groups: "
+            r"\['conv1', 'conv2', 'fc1'\]\)",
+        ),
         ({"reduction": "median", "granularity": "filter"}, ValueError, r"reduction='median'"),
         (
             {"scope": tfprune.SensitivityThreshold(0.5), "granularity": granularity_lib.Filter()},

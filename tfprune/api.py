@@ -186,6 +186,11 @@ def prune(
             if not selected(everything.layers[name])
         ]
         structure = graph.build(to_prune, lambda layer: layer.name not in excluded)
+        _check_limits(
+            min_sparsity, max_sparsity,
+            {p for g in structure.groups if structure.prunable[g.units].any() for p in g.producers},
+            "the producers of its coupled channel groups",
+        )  # fmt: skip
         chosen = structured.Coupled(**{**chosen.get_config(), "excluded": excluded})
         if scope == "layer" and budget != "channels":
             scope = "global"  # a FLOPs or parameter budget is shared by all groups
@@ -235,6 +240,11 @@ def prune(
         if isinstance(result, list)
         else collect_prunable_layers(result)
     )
+    if not coupled:
+        _check_limits(
+            min_sparsity, max_sparsity,
+            {w.layer.name for w in wrappers if w.pruner is pruner}, "the layers it wraps",
+        )  # fmt: skip
     if not any(w.pruner is pruner for w in wrappers):
         raise ValueError(
             f"No layer of {getattr(to_prune, 'name', 'the list')!r} has weights this pruner "
@@ -329,6 +339,18 @@ def _check_names(model, layers, pruner):
                 f"Argument `{argument}` names layers that model '{model.name}' does "
                 f"not have: {unknown}. Its layers: {sorted(known)}"
             )
+
+
+def _check_limits(min_sparsity, max_sparsity, limited, what):
+    """Per-layer limits must name layers the pruner sets a sparsity for."""
+    for option, value in (("min_sparsity", min_sparsity), ("max_sparsity", max_sparsity)):
+        if isinstance(value, dict):
+            idle = [name for name in value if name not in limited]
+            if idle:
+                raise ValueError(
+                    f"Argument `{option}` names layers this pruner does not prune: {idle} "
+                    f"(limits apply to {what}: {sorted(limited)}). Received: {option}={value!r}"
+                )
 
 
 def _check_policy(pruning_policy):
