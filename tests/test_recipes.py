@@ -108,6 +108,33 @@ def test_a_model_with_two_outputs_counts_its_steps_from_the_samples():
     assert seen == [10]  # 320 samples in batches of 32
 
 
+def test_compile_like_inherits_a_dict_loss_its_weights_and_metrics():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, name="d")(inputs)
+    model = keras.Model(inputs, {"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)})
+    model.compile(
+        "sgd", loss={"a": "mse", "b": keras.losses.MeanAbsoluteError()},
+        loss_weights={"a": 1.0, "b": 0.0}, metrics={"a": [keras.metrics.MeanAbsoluteError(name="err")]},
+    )  # fmt: skip
+    recipe = recipes.Recipe.from_config({
+        "pruners": {"p": {"layers": ["d"], "schedule": SCHEDULE}}, "training": {"epochs": 2},
+    })  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4), "float32")
+    y = {"a": rng.random((64, 1), "float32"), "b": rng.random((64, 1), "float32")}
+    _, history = recipe.run(model, x, y, verbose=0)
+    assert {"a_err", "a_loss", "b_loss", "loss"} <= set(history.history)
+    # loss weights inherited: the total is the first output's loss alone
+    assert history.history["loss"][-1] == pytest.approx(history.history["a_loss"][-1], rel=1e-5)
+    assert history.history["b_loss"][-1] > 0
+    pruned = recipe.apply(model, 2)
+    recipe.compile(pruned, like=model)
+    assert pruned.loss["a"] == "mse" and pruned.loss["b"] is not model.loss["b"]  # fresh objects
+    recipe.training["metrics"] = ["mse"]  # the recipe's own metrics win
+    recipe.compile(pruned, like=model)
+    assert pruned.get_compile_config()["metrics"] == ["mse"]
+
+
 def _model():
     return keras.Sequential([
         keras.Input((6,)), keras.layers.Dense(8, name="h1"), keras.layers.Dense(8, name="h2"),
@@ -154,7 +181,25 @@ SCHEDULE = {"type": "constant", "target_sparsity": 0.5, "begin_step": 0, "freque
         ({"pruners": {"p": {"schedule": SCHEDULE}}, "training": {"lr": 0.1}},
          "recipe: training: unknown key 'lr'"),
         ({"regularizers": {"r": {"type": "l1", "begin_epoch": 2, "end_epoch": 1}}},
-         "recipe: regularizers.r: the window ends before it begins (steps 2 to 1)"),
+         "recipe: regularizers.r: the window ends before it begins (epochs 2 to 1)"),
+        ({"regularizers": {"r": {"type": "l1", "begin_step": 5, "end_step": 5}}},
+         "recipe: regularizers.r: the window ends before it begins (steps 5 to 5)"),
+        ({"version": True, "pruners": {"p": {"schedule": SCHEDULE}}},
+         "recipe: version: must be 1. Received: version=True"),
+        ({"regularizers": {"r": {"type": "l0", "seed": "x"}}},
+         "recipe: regularizers.r: Argument `seed` must be an int or None. Received: seed='x'"),
+        ({"regularizers": {"r": {"type": "l0", "droprate_init": 1.5}}},
+         "recipe: regularizers.r: Argument `droprate_init` must be a number in (0.0, 1.0). "
+         "Received: droprate_init=1.5"),
+        ({"pruners": {"p": {"schedule": SCHEDULE, "granularity": "kernel"}}},
+         "recipe: pruners.p: Argument `granularity` must be one of"),
+        ({"pruners": {"p": {"schedule": SCHEDULE, "granularity": "filter", "round_to": 0}}},
+         "recipe: pruners.p: Argument `round_to` must be a positive int or None. Received: round_to=0"),
+        ({"pruners": {"p": {"schedule": SCHEDULE, "scope": "lamp", "min_sparsity": 0.9,
+                            "max_sparsity": 0.5}}},
+         "recipe: pruners.p: `min_sparsity` must not exceed `max_sparsity`"),
+        ({"pruners": {"p": {"schedule": SCHEDULE, "criterion": "taylor", "seed": 3}}},
+         "recipe: pruners.p: Argument `seed` applies to criterion='random' only"),
         ({"regularizers": {"r": {"type": "l1", "begin_epoch": 1, "begin_step": 3}}},
          "recipe: regularizers.r: give `begin_epoch` or `begin_step`, not both"),
         ({"regularizers": {"r": {"type": "l0", "begin_epoch": 1}}},
@@ -235,6 +280,14 @@ def test_sensitivity_allocation_becomes_a_recipe(tmp_path):
     zeros = {w.layer.name: float(np.mean(keras.ops.convert_to_numpy(w.layer.kernel) == 0))
              for w in collect_prunable_layers(pruned)}  # fmt: skip
     assert zeros == {"h1": 0.5, "out": 22 / 24}  # keeps round(24 * 0.1) = 2 weights
+    # ten updates an epoch, at least one a step: three steps an epoch still prune
+    for steps_per_epoch, frequency in ((3, 1), (100, 10)):
+        wrapper = collect_prunable_layers(recipe.apply(_model(), steps_per_epoch))[0]
+        schedule = wrapper.pruner.pruning_schedule
+        assert schedule.get_config()["frequency"] == frequency
+        last = 2 * steps_per_epoch  # the end of epoch 2
+        assert [bool(schedule(s)[0]) for s in (last - frequency, last)] == [True, True]
+        assert float(schedule(last)[1]) == pytest.approx(0.6)
 
 
 def test_parse_errors_and_missing_files(tmp_path):
@@ -267,6 +320,32 @@ def test_regularizer_windows_become_callbacks_in_steps():
     assert windows[0].regularizer is layers["h1"].kernel.regularizer
     assert windows[1].regularizer is layers["h2"].kernel.regularizer
     assert isinstance(callbacks[-1], SoftThreshold)  # after the windows
+
+
+def test_a_window_of_fractional_epochs_is_checked_in_steps():
+    from tfprune.regularizers import RegularizationWindow
+
+    recipe = recipes.Recipe.from_config({"regularizers": {
+        "brief": {"type": "l1", "begin_epoch": 0.2, "end_epoch": 0.4},
+    }})  # fmt: skip
+    recipe.apply(_model())
+    windows = [c for c in recipe.callbacks(10) if isinstance(c, RegularizationWindow)]
+    assert [(w.begin_step, w.end_step) for w in windows] == [(2, 4)]
+    with pytest.raises(recipes.RecipeError, match=r"^recipe: regularizers.brief: the window ends before it begins \(steps 0 to 0\)"):
+        recipe.callbacks(steps_per_epoch=1)  # 0.2 and 0.4 epochs of one step: no window
+
+
+def test_errors_that_need_the_model_name_the_entry():
+    recipe = recipes.Recipe.from_config({"pruners": {
+        "p": {"layers": ["h1"], "max_sparsity": {"h2": 0.5}, "schedule": SCHEDULE},
+    }})  # fmt: skip
+    model = _model()
+    with pytest.raises(recipes.RecipeError, match=(
+        r"^recipe: pruners.p: Argument `max_sparsity` names layers this pruner does not "
+        r"prune: \['h2'\]"
+    )):  # fmt: skip
+        recipe.apply(model, steps_per_epoch=4)
+    assert not collect_prunable_layers(model)
 
 
 def test_the_pruner_without_layers_takes_what_the_others_leave():

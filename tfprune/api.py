@@ -165,20 +165,17 @@ def prune(
         The wrapped model, layer or list.
     """
     selected = _layer_selector(layers)
-    _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n)
     coupled = (
         isinstance(to_prune, keras.Model)
         and cloning.is_graph_model(to_prune)
         and granularity in ("filter", "channel")
     )
+    chosen = _chosen_granularity(
+        coupled, granularity, scope, reduction, budget, round_to,
+        block_size, block_pooling_type, sparsity_m_by_n,
+    )  # fmt: skip
     structure = None
     if coupled:
-        chosen = structured.Coupled(granularity, reduction, budget, round_to)  # validates
-        if budget != "channels" and scope not in ("layer", "global"):
-            raise ValueError(
-                "A FLOPs or parameter budget ranks channels globally. "
-                f"Received: budget={budget!r}, scope={scope!r}"
-            )
         # Checked before anything is touched: unknown layers on coupled paths.
         everything = graph.build(to_prune, strict=False)
         excluded = [
@@ -194,17 +191,6 @@ def prune(
         chosen = structured.Coupled(**{**chosen.get_config(), "excluded": excluded})
         if scope == "layer" and budget != "channels":
             scope = "global"  # a FLOPs or parameter budget is shared by all groups
-    else:
-        if budget != "channels" or round_to is not None:
-            raise ValueError(
-                "Arguments `budget` and `round_to` apply to granularity='filter' or "
-                "'channel' on a Sequential or Functional model (coupled channels). "
-                f"Received: granularity={granularity!r}, budget={budget!r}, "
-                f"round_to={round_to!r}, model type {type(to_prune).__name__}"
-            )
-        chosen = _granularity(
-            granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n
-        )
     pruner = Pruner(
         pruning_schedule,
         criterion=_criterion(criterion, seed),
@@ -266,6 +252,67 @@ def _criterion(criterion, seed):
             )
         return scoring.Random(seed)
     return criterion
+
+
+def check_arguments(
+    *,
+    criterion="magnitude",
+    granularity="element",
+    scope="layer",
+    min_sparsity=None,
+    max_sparsity=None,
+    reduction="mean",
+    seed=None,
+    block_size=(1, 1),
+    block_pooling_type="AVG",
+    sparsity_m_by_n=None,
+    budget="channels",
+    round_to=None,
+):
+    """Checks the arguments of `prune` that need no model (a recipe, as it
+    loads); raises what `prune` would. `"filter"` and `"channel"` are taken
+    as coupled channels, as on a Sequential or Functional model.
+
+    >>> check_arguments(granularity="filter", round_to=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Argument `round_to` must be a positive int or None. Received: round_to=0
+    """
+    chosen = _chosen_granularity(
+        granularity in ("filter", "channel"), granularity, scope, reduction, budget, round_to,
+        block_size, block_pooling_type, sparsity_m_by_n,
+    )  # fmt: skip
+    Pruner(
+        None,
+        criterion=_criterion(criterion, seed),
+        granularity=chosen,
+        scope=scope,
+        min_sparsity=min_sparsity,
+        max_sparsity=max_sparsity,
+    )
+
+
+def _chosen_granularity(
+    coupled, granularity, scope, reduction, budget, round_to,
+    block_size, block_pooling_type, sparsity_m_by_n,
+):  # fmt: skip
+    """The granularity `prune`'s arguments name (coupled: `structured.Coupled`)."""
+    _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n)
+    if coupled:
+        chosen = structured.Coupled(granularity, reduction, budget, round_to)  # validates
+        if budget != "channels" and scope not in ("layer", "global"):
+            raise ValueError(
+                "A FLOPs or parameter budget ranks channels globally. "
+                f"Received: budget={budget!r}, scope={scope!r}"
+            )
+        return chosen
+    if budget != "channels" or round_to is not None:
+        raise ValueError(
+            "Arguments `budget` and `round_to` apply to granularity='filter' or "
+            "'channel' on a Sequential or Functional model (coupled channels). "
+            f"Received: granularity={granularity!r}, budget={budget!r}, round_to={round_to!r}"
+        )
+    return _granularity(granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n)
 
 
 def _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n):

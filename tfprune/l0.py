@@ -35,6 +35,7 @@ Example:
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -75,6 +76,18 @@ def _check(name, value, low, high, low_open=True, high_open=True):
     return float(value)
 
 
+def check_gate_arguments(l0_strength, droprate_init, temperature, seed):
+    """`(l0_strength, droprate_init, temperature)` as floats, or a ValueError
+    (a TypeError for a seed that is not an int) naming the argument."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
+    return (
+        _check("l0_strength", l0_strength, 0.0, math.inf, low_open=False),
+        _check("droprate_init", droprate_init, 0.0, 1.0),
+        _check("temperature", temperature, 0.0, math.inf),
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfprune")
 class L0Gate(keras.layers.Wrapper):
     """Hard-concrete gates on the output channels of `layer` (see the module).
@@ -93,12 +106,12 @@ class L0Gate(keras.layers.Wrapper):
     ):
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(f"Argument `layer` must be a Keras layer. Received: layer={layer!r}")
-        self.l0_strength = _check("l0_strength", l0_strength, 0.0, math.inf, low_open=False)
-        self.droprate_init = _check("droprate_init", droprate_init, 0.0, 1.0)
-        self.temperature = _check("temperature", temperature, 0.0, math.inf)
+        self.l0_strength, self.droprate_init, self.temperature = check_gate_arguments(
+            l0_strength, droprate_init, temperature, seed
+        )
         kwargs.setdefault("name", f"l0_gate_{layer.name}")
         super().__init__(layer, **kwargs)
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = layer.supports_masking
 
@@ -241,6 +254,7 @@ def add_l0_gates(model, l0_strength=1e-3, droprate_init=0.5, temperature=BETA, s
     """
     from tfprune import graph as graph_lib
 
+    check_gate_arguments(l0_strength, droprate_init, temperature, seed)
     if not cloning.is_graph_model(model):
         raise ValueError(
             "Argument `model` must be a Sequential or Functional model (the gates are "
@@ -280,7 +294,7 @@ def add_l0_gates(model, l0_strength=1e-3, droprate_init=0.5, temperature=BETA, s
             l0_strength=l0_strength,
             droprate_init=droprate_init,
             temperature=temperature,
-            seed=None if seed is None else seed + next(counter),
+            seed=None if seed is None else int(seed) + next(counter),
         )
 
     return cloning.copy_model(model, replace)

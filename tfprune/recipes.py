@@ -220,8 +220,9 @@ class Recipe:
     def from_config(cls, config):
         config = _mapping(config, "")
         _known(config, TOP, "")
-        if config.get("version", 1) != 1:
-            _fail("version", f"must be 1. Received: version={config['version']!r}")
+        version = config.get("version", 1)
+        if isinstance(version, bool) or version != 1:
+            _fail("version", f"must be 1. Received: version={version!r}")
         pruners = _mapping(config.get("pruners", {}) or {}, "pruners")
         regularizers = _mapping(config.get("regularizers", {}) or {}, "regularizers")
         if not pruners and not regularizers:
@@ -234,6 +235,7 @@ class Recipe:
                 _fail(where, "needs a `schedule`")
             _patterns(pruner.get("layers"), where)
             schedule_from_config(pruner["schedule"], None, f"{where}.schedule", check_only=True)
+            _pruner_options(pruner, where, check_only=True)
         open_ended = [name for name, p in pruners.items() if p.get("layers") is None]
         if len(open_ended) > 1:
             _fail(
@@ -249,9 +251,11 @@ class Recipe:
             _known(regularizer, ("type", *REGULARIZERS[kind]), where)
             _patterns(regularizer.get("layers"), where)
             _make_regularizer(regularizer, where)  # checks values
+            if kind == "l0":
+                _l0_options(regularizer, where)
             if not isinstance(regularizer.get("proximal", False), bool):
                 _fail(where, f"`proximal` must be true or false. Received: proximal={regularizer['proximal']!r}")
-            _window(regularizer, 1, where)
+            _window(regularizer, None, where, check_only=True)
         l0 = [name for name, r in regularizers.items() if r["type"] == "l0"]
         if len(l0) > 1:
             _fail("regularizers", f"one `l0` entry gates the whole model. Received: {l0}")
@@ -358,10 +362,7 @@ class Recipe:
             model = cloning.copy_model(model, lambda copy, layer: copy)  # weights included
         for entry in self.regularizers.values():
             if entry["type"] == "l0":
-                model = add_l0_gates(
-                    model, l0_strength=entry.get("strength", 1e-3),
-                    droprate_init=entry.get("droprate_init", 0.5), seed=entry.get("seed"),
-                )  # fmt: skip
+                model = add_l0_gates(model, **_l0_options(entry, "regularizers"))
         owners = {}  # layer name -> the pruner entry wrapping it
         # The pruner without `layers` goes last and takes what the others left.
         order = sorted(self.pruners.items(), key=lambda item: item[1].get("layers") is None)
@@ -378,8 +379,12 @@ class Recipe:
                     f"layer {taken[0]!r} is already pruned by {owners[taken[0]]} (its channels "
                     "are coupled to the layers that pruner names); a layer has one pruner",
                 )
-            arguments = {k: _tuples(v) for k, v in entry.items() if k not in ("layers", "schedule")}
-            model = api.prune(model, schedules[name], layers=names[where], **arguments)
+            try:
+                model = api.prune(
+                    model, schedules[name], layers=names[where], **_pruner_options(entry, where)
+                )
+            except (ValueError, TypeError) as error:
+                _fail(where, str(error).splitlines()[0])
             wrapped = {wrapper.layer.name for wrapper in collect_prunable_layers(model)}
             lost = sorted(set(owners) - wrapped)
             if lost:  # a model rebuilt from its constructor arguments keeps one pruner's wrappers
@@ -416,22 +421,37 @@ class Recipe:
             found.append(SoftThreshold())  # after the windows (see RegularizationWindow)
         return found
 
-    def _loss(self, model):
-        loss = self.training.get("loss", getattr(model, "loss", None))
-        if loss is None:
+    def _compile_arguments(self, like):
+        """`model.compile`'s loss, loss weights and metrics: the recipe's, or
+        where it gives none, fresh copies of those `like` was compiled with."""
+        inherited = {}
+        if like is not None and getattr(like, "compiled", False):
+            config = like.get_compile_config()
+            try:
+                config = keras.saving.deserialize_keras_object(config)
+            except Exception:  # an unregistered custom object: the objects themselves
+                config = dict(like._compile_config.config)
+            inherited = {k: config.get(k) for k in ("loss", "loss_weights", "metrics", "weighted_metrics")}
+        arguments = dict(inherited)
+        if "loss" in self.training:
+            loss = self.training["loss"]
+            if isinstance(loss, dict) and "class_name" in loss:  # a serialized loss
+                loss = keras.losses.get(loss)
+            arguments.update(loss=loss, loss_weights=None)
+        if "metrics" in self.training:
+            arguments.update(metrics=self.training["metrics"], weighted_metrics=None)
+        if arguments.get("loss") is None:
             _fail("training", "needs a `loss`: the model has no compiled loss")
-        return loss
+        return arguments
 
     def compile(self, model, like=None):
-        """Compiles `model` with the recipe's optimizer, loss and metrics
-        (loss and metrics default to those `like` was compiled with)."""
+        """Compiles `model` with the recipe's optimizer, loss and metrics (loss,
+        loss weights and metrics default to those `like` was compiled with)."""
+        arguments = self._compile_arguments(like)
         optimizer = keras.optimizers.get(self.training.get("optimizer", "adam"))
         if "learning_rate" in self.training:
             optimizer.learning_rate = float(self.training["learning_rate"])
-        loss = self._loss(like)
-        if isinstance(loss, dict):
-            loss = keras.losses.get(loss)
-        model.compile(optimizer, loss, metrics=self.training.get("metrics"))
+        model.compile(optimizer, **arguments)
         return model
 
     def run(self, model, x, y, validation_data=None, verbose=1):
@@ -440,7 +460,7 @@ class Recipe:
         channels removed when the recipe says `thin: true`)."""
         from tfprune import thinning
 
-        self._loss(model)  # checked before anything is built
+        self._compile_arguments(model)  # the loss is checked before anything is built
         batch_size = self.training.get("batch_size", 32)
         samples = len(keras.tree.flatten(y)[0])  # `y` may be a list or dict of outputs
         steps_per_epoch = math.ceil(samples / batch_size)
@@ -470,11 +490,44 @@ def _patterns(patterns, where):
     return patterns
 
 
-def _window(entry, steps_per_epoch, where):
-    """`(begin_step, end_step)` of a regularizer's policy, or None (always)."""
+def _pruner_options(entry, where, check_only=False):
+    """The keyword arguments of `tfprune.prune` a pruner entry gives (lists as
+    tuples); with `check_only`, those that need no model are checked."""
+    from tfprune import api
+
+    options = {k: _tuples(v) for k, v in entry.items() if k not in ("layers", "schedule")}
+    if check_only:
+        try:
+            api.check_arguments(**options)
+        except (ValueError, TypeError) as error:
+            _fail(where, str(error).splitlines()[0])
+    return options
+
+
+def _l0_options(entry, where):
+    """The keyword arguments of `add_l0_gates` an `l0` entry gives, checked."""
+    from tfprune import l0
+
+    options = {
+        "l0_strength": entry.get("strength", 1e-3),
+        "droprate_init": entry.get("droprate_init", 0.5),
+        "seed": entry.get("seed"),
+    }
+    try:
+        l0.check_gate_arguments(temperature=l0.BETA, **options)
+    except (ValueError, TypeError) as error:
+        _fail(where, str(error).splitlines()[0])
+    return options
+
+
+def _window(entry, steps_per_epoch, where, check_only=False):
+    """`(begin_step, end_step)` of a regularizer's policy, or None (always).
+
+    With `check_only` (no steps per epoch yet), values are checked and the
+    order of the edges only where both are in the same unit."""
     if not any(key in entry for key in WINDOW):
         return None
-    bounds = []
+    bounds, units = [], []
     for edge, default in (("begin", 0), ("end", -1)):
         step, epoch = entry.get(f"{edge}_step"), entry.get(f"{edge}_epoch")
         if step is not None and epoch is not None:
@@ -483,19 +536,27 @@ def _window(entry, steps_per_epoch, where):
         key = f"{edge}_epoch" if step is None else f"{edge}_step"
         if value is None:
             bounds.append(default)
+            units.append(None)
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             _fail(where, f"`{key}` must be a number >= 0. Received: {key}={value!r}")
         if step is None:
+            if check_only:
+                bounds.append(value)
+                units.append("epochs")
+                continue
             if steps_per_epoch is None:
                 _fail(where, f"`{key}` needs the steps per epoch of a training run")
             value = value * steps_per_epoch
         elif value != int(value):
             _fail(where, f"`{key}` must be a whole number of steps. Received: {key}={value!r}")
         bounds.append(int(round(value)))
-    if bounds[1] != -1 and bounds[1] <= bounds[0]:
-        _fail(where, f"the window ends before it begins (steps {bounds[0]} to {bounds[1]})")
-    return tuple(bounds)
+        units.append("steps")
+    comparable = not check_only or units[0] in (None, units[1])
+    if bounds[1] != -1 and comparable and bounds[1] <= bounds[0]:
+        unit = "epochs" if "epochs" in units else "steps"
+        _fail(where, f"the window ends before it begins ({unit} {bounds[0]} to {bounds[1]})")
+    return None if check_only else tuple(bounds)
 
 
 def _tuples(value):
@@ -520,7 +581,8 @@ def _make_regularizer(entry, where):
 
 def from_sensitivity(scope, target, granularity="element", groups=None, epochs=3):
     """A recipe pruning to the sparsities of `Sensitivity.allocate(target)`,
-    polynomially over the first `epochs - 1` epochs, then fine-tuning one more.
+    polynomially over the first `epochs - 1` epochs (masks updated ten times
+    an epoch), then fine-tuning one more.
 
     Element (and per-layer filter) allocations become a `{layer: sparsity}`
     scope. Coupled channel groups (`groups`: `Sensitivity.groups`, each row's
@@ -533,7 +595,7 @@ def from_sensitivity(scope, target, granularity="element", groups=None, epochs=3
     end = max(epochs - 1, 1)
     schedule = {
         "type": "polynomial", "initial_sparsity": 0.0, "final_sparsity": float(target),
-        "begin_epoch": 0, "end_epoch": end, "frequency": 10,
+        "begin_epoch": 0, "end_epoch": end, "frequency_epochs": 0.1,
     }  # fmt: skip
     if groups is None:
         pruner = {"granularity": granularity, "scope": chosen}
