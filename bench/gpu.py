@@ -17,7 +17,7 @@ Measures, on the Keras JAX backend by default (`--backend torch` for PyTorch):
    <= 1.05x at f=100.
 2. Mask update: one `(mask, threshold)` computation on an NxN float32 weight
    (`--sizes`, default 4096 and 8192) at sparsity 0.9: tfprune's radix select
-   (`tfprune.masking.threshold_mask(abs(w), 0.9)`, under `jax.jit`) vs
+   (`tfprune.selection.threshold_mask(abs(w), 0.9)`, under `jax.jit`) vs
    TFMOT's full sort in the backend's own ops (`lax.top_k` with k = n, as
    TFMOT does, and `jnp.sort`), threshold = (k-1)-th largest,
    k = max(round(n * (1 - s)), 1) in float32. Masks are checked identical.
@@ -187,10 +187,10 @@ def _methods(backend_name, sparsity):
     """name -> (compiled fn, sync fn, to_tensor, to_numpy)."""
     from keras import ops
 
-    from tfprune import masking
+    from tfprune import selection
 
     def tfprune_fn(w):
-        return masking.threshold_mask(ops.abs(w), sparsity)
+        return selection.threshold_mask(ops.abs(w), sparsity)
 
     if backend_name == "jax":
         import jax

@@ -6,7 +6,7 @@ import pytest
 from conftest import to_numpy
 from helpers import keep_count
 
-from tfprune import masking, scoring
+from tfprune import masking, scoring, selection
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 1000, 65537])
@@ -15,24 +15,24 @@ def test_kth_largest_matches_sort(size, sparsity):
     rng = np.random.default_rng(size)
     scores = np.abs(rng.normal(size=size)).astype("float32")
     k = keep_count(size, sparsity)
-    got = float(to_numpy(masking.kth_largest(scores, k)))
+    got = float(to_numpy(selection.kth_largest(scores, k)))
     assert got == np.sort(scores)[::-1][k - 1]
-    mask, threshold = masking.threshold_mask(scores, sparsity)
+    mask, threshold = selection.threshold_mask(scores, sparsity)
     mask = to_numpy(mask)
     assert int(mask.sum()) == k
     assert float(to_numpy(threshold)) == got
 
 
 def test_keep_count_is_tfmot_rule():
-    assert int(to_numpy(masking.keep_count(100, 0.5))) == 50
-    assert int(to_numpy(masking.keep_count(5, 0.5))) == 2  # 2.5 rounds half to even
-    assert int(to_numpy(masking.keep_count(7, 0.5))) == 4  # 3.5 -> 4
-    assert int(to_numpy(masking.keep_count(10, 0.999))) == 1  # never empty
+    assert int(to_numpy(selection.keep_count(100, 0.5))) == 50
+    assert int(to_numpy(selection.keep_count(5, 0.5))) == 2  # 2.5 rounds half to even
+    assert int(to_numpy(selection.keep_count(7, 0.5))) == 4  # 3.5 -> 4
+    assert int(to_numpy(selection.keep_count(10, 0.999))) == 1  # never empty
 
 
 def test_ties_at_threshold_are_kept():
     scores = np.array([3.0, 2.0, 2.0, 2.0, 1.0, 0.0], "float32")
-    mask, threshold = masking.threshold_mask(scores, 0.5)  # k = 3
+    mask, threshold = selection.threshold_mask(scores, 0.5)  # k = 3
     assert to_numpy(mask).tolist() == [True, True, True, True, False, False]
     assert float(to_numpy(threshold)) == 2.0
 
@@ -40,7 +40,7 @@ def test_ties_at_threshold_are_kept():
 def test_extreme_values():
     scores = np.array([0.0, 1e-45, 1e-38, 3.4e38, np.inf, 1.0], "float32")
     for k in range(1, 7):
-        got = float(to_numpy(masking.kth_largest(scores, k)))
+        got = float(to_numpy(selection.kth_largest(scores, k)))
         assert got == np.sort(scores)[::-1][k - 1]
 
 
@@ -145,7 +145,7 @@ def _compiled_variants():
 
 def _radix_cases():
     rng = np.random.default_rng(7)
-    n = masking.SORT_BELOW + 1000  # above the sort cut-off: radix select
+    n = selection.SORT_BELOW + 1000  # above the sort cut-off: radix select
     gaussian = np.abs(rng.normal(size=n))
     mostly_zero = np.where(rng.random(n) < 0.9, 0.0, gaussian)  # pruned weights
     # every value within one high-bits bin, plus outliers far above and below
@@ -212,23 +212,23 @@ def test_element_scores_of_masked_weights_match_numpy(k_fraction):
     mask = rng.random(n) > 0.3
     scores = np.abs(np.where(mask, w, 0)).astype("float32")
     k = int(n * k_fraction)
-    of_masked = masking.of_masked(scoring.magnitude)
-    lazy = masking.ElementScores(of_masked, (w, mask))
+    of_masked = selection.of_masked(scoring.magnitude)
+    lazy = selection.ElementScores(of_masked, (w, mask))
 
-    top_k = _compiled(lambda w, m: masking.top_k_mask(masking.ElementScores(of_masked, (w, m)), k))
+    top_k = _compiled(lambda w, m: selection.top_k_mask(selection.ElementScores(of_masked, (w, m)), k))
     keep, threshold = top_k(w, mask)
     assert to_numpy(keep).tolist() == _top_k_reference(scores, k).tolist()
     assert float(to_numpy(threshold)) == np.sort(scores)[::-1][k - 1]
 
     tfmot = _compiled(
-        lambda w, m: masking.threshold_mask(masking.ElementScores(of_masked, (w, m)), 1 - k / n)
+        lambda w, m: selection.threshold_mask(selection.ElementScores(of_masked, (w, m)), 1 - k / n)
     )
     keep, threshold = tfmot(w, mask)
     kept = keep_count(n, 1 - k / n)
     expected = np.sort(scores)[::-1][kept - 1]
     assert float(to_numpy(threshold)) == expected
     assert to_numpy(keep).tolist() == (scores >= expected).tolist()
-    assert float(to_numpy(masking.kth_largest(lazy, k))) == np.sort(scores)[::-1][k - 1]
+    assert float(to_numpy(selection.kth_largest(lazy, k))) == np.sort(scores)[::-1][k - 1]
 
 
 def test_top_k_with_eligible_on_sliced_scans():
@@ -238,7 +238,7 @@ def test_top_k_with_eligible_on_sliced_scans():
     scores[rng.random(n) < 0.5] = 0.0
     eligible = rng.random(n) < 0.7
     for k in (1000, int(0.5 * n)):  # the second: fewer eligible non-zeros than k
-        keep, _ = _compiled(lambda s, e, k=k: masking.top_k_mask(s, k, e))(scores, eligible)
+        keep, _ = _compiled(lambda s, e, k=k: selection.top_k_mask(s, k, e))(scores, eligible)
         assert to_numpy(keep).tolist() == _top_k_reference(scores, k, eligible).tolist()
 
 
@@ -246,13 +246,13 @@ def _predicted_case(name):
     """Scores of `PREDICT_FROM` elements and more: one histogram pass where a
     sample predicts the bin of the threshold, two where it does not."""
     rng = np.random.default_rng(11)
-    n = masking.PREDICT_FROM + 17
+    n = selection.PREDICT_FROM + 17
     if name == "ties":
         return np.repeat(rng.random(n // 1000 + 1), 1000)[:n].astype("float32")
     scores = np.abs(rng.normal(size=n)).astype("float32")
     if name == "misleading":  # every sampled score far above the others: the prediction misses
-        stride = n // masking._SAMPLE
-        scores[stride // 2 : stride * masking._SAMPLE : stride] = 1e6
+        stride = n // selection._SAMPLE
+        scores[stride // 2 : stride * selection._SAMPLE : stride] = 1e6
     if name == "mostly_zero":
         scores[rng.random(n) < 0.9] = 0.0
     if name == "pruned":  # pruned to 0.9 before: the threshold is the smallest non-zero
@@ -270,7 +270,7 @@ def test_predicted_select_matches_sort(case):
             mask, threshold = fn(scores, np.float32(sparsity))
             assert float(to_numpy(threshold)) == ordered[k - 1], (name, sparsity)
             assert int(to_numpy(mask).sum()) == int(np.sum(scores >= ordered[k - 1])), name
-    keep, _ = _compiled(lambda s: masking.top_k_mask(s, 1000))(scores)
+    keep, _ = _compiled(lambda s: selection.top_k_mask(s, 1000))(scores)
     assert to_numpy(keep).tolist() == _top_k_reference(scores, 1000).tolist()
 
 
@@ -282,19 +282,19 @@ def test_scans_in_slices_match_numpy(monkeypatch, sparsity):
 
     monkeypatch.setattr(backend, "scan_slice", lambda size: 4096 if size >= 8192 else None)
     rng = np.random.default_rng(5)
-    n = masking.SORT_BELOW + 2048 + 17 + int(sparsity * 10)  # a shape of its own: traced anew
+    n = selection.SORT_BELOW + 2048 + 17 + int(sparsity * 10)  # a shape of its own: traced anew
     w = rng.normal(size=n).astype("float32")
     w[rng.random(n) < 0.2] = 0.0
     w[100:400] = -1.5
     mask = rng.random(n) > 0.1
     scores = np.abs(np.where(mask, w, 0)).astype("float32")
-    lazy = masking.ElementScores(masking.of_masked(scoring.magnitude), (w, mask))
-    keep, threshold = masking.threshold_mask(lazy, sparsity)
+    lazy = selection.ElementScores(selection.of_masked(scoring.magnitude), (w, mask))
+    keep, threshold = selection.threshold_mask(lazy, sparsity)
     expected = np.sort(scores)[::-1][keep_count(n, sparsity) - 1]
     assert float(to_numpy(threshold)) == expected
     assert to_numpy(keep).tolist() == (scores >= expected).tolist()
     k = int(n * (1 - sparsity))
-    keep, _ = masking.top_k_mask(lazy, k)
+    keep, _ = selection.top_k_mask(lazy, k)
     assert to_numpy(keep).tolist() == _top_k_reference(scores, k).tolist()
 
 

@@ -5,7 +5,7 @@ from conftest import BACKEND, only_backends, to_numpy
 
 import tfprune
 from tfprune import schedules
-from tfprune.masking import keep_count
+from tfprune.selection import keep_count
 
 
 def values(schedule, steps):

@@ -14,7 +14,7 @@ from helpers import tflite_predict
 
 import tfprune
 from tfprune import graph, thinning
-from tfprune.masking import keep_count
+from tfprune.selection import keep_count
 
 # The graph and thinning are backend-independent Python and NumPy; JAX (slow to
 # run eager ops the first time) runs the tests that train, mask and thin.

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import masking
+from tfprune import selection
 from tfprune.configurable import Configurable
 
 
@@ -98,7 +98,7 @@ def global_masks(scores, target):
     """
     _check_target(target)
     flat = ops.concatenate([ops.reshape(ops.cast(s, "float32"), (-1,)) for s in scores])
-    _, threshold = masking.threshold_mask(flat, target)
+    _, threshold = selection.threshold_mask(flat, target)
     masks = [ops.greater_equal(ops.cast(s, "float32"), threshold) for s in scores]
     return masks, threshold
 

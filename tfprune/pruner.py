@@ -29,7 +29,7 @@ import weakref
 import keras
 from keras import ops
 
-from tfprune import allocation, backend, masking, scoring, structured
+from tfprune import allocation, backend, scoring, selection, structured
 from tfprune import granularity as granularity_lib
 from tfprune import schedules as schedules_lib
 from tfprune.schedules import ConstantSparsity  # noqa: F401 (docstring example)
@@ -389,16 +389,16 @@ class Pruner:
         for u, info, s in zip(units, infos, self.scope.sparsities(infos, sparsity, final)):
             s = self._capped(s, info.layer)
             if self.keep_ties:  # TFMOT's rule: every score at the threshold stays
-                keep, threshold = masking.threshold_mask(u, s)
+                keep, threshold = selection.threshold_mask(u, s)
             else:
-                keep, threshold = masking.top_k_mask(u, masking.keep_count(info.size, s))
+                keep, threshold = selection.top_k_mask(u, selection.keep_count(info.size, s))
             keeps.append(keep)
             thresholds.append(threshold)
         return keeps, thresholds, []
 
     def _non_negative(self, units):
         if self.scope.per_layer:
-            return [masking.non_negative(u) for u in units]
+            return [selection.non_negative(u) for u in units]
         lowest = ops.min(ops.stack([ops.min(u) for u in units]))
         return [ops.subtract(ops.cast(u, "float32"), lowest) for u in units]
 
@@ -423,17 +423,17 @@ class Pruner:
             if high is None:  # every weight keeps its best unit
                 forced.append(_best_unit(u, info.size))
             else:
-                forced.append(masking.top_k_mask(u, masking.keep_count(info.size, high))[0])
+                forced.append(selection.top_k_mask(u, selection.keep_count(info.size, high))[0])
             if low is not None:
-                allowed.append(masking.top_k_mask(u, masking.keep_count(info.size, low))[0])
+                allowed.append(selection.top_k_mask(u, selection.keep_count(info.size, low))[0])
             else:
                 allowed.append(ops.ones((info.size,), "bool"))
         flat = ops.concatenate([ops.cast(u, "float32") for u in units])
         forced_flat = ops.concatenate(forced)
         eligible = ops.logical_and(ops.concatenate(allowed), ops.logical_not(forced_flat))
-        total = masking.keep_count(int(flat.shape[0]), sparsity)
+        total = selection.keep_count(int(flat.shape[0]), sparsity)
         room = total - ops.sum(ops.cast(forced_flat, "int32"))
-        rest, threshold = masking.top_k_mask(flat, room, eligible)
+        rest, threshold = selection.top_k_mask(flat, room, eligible)
         keep = ops.logical_or(forced_flat, rest)
         keeps, start = [], 0
         for info in infos:
@@ -491,7 +491,7 @@ class Pruner:
 class _MemberScores:
     """One wrapper's scoring values, scores and unit scores, each computed
     when first asked for: element-wise scores of element units stay
-    `masking.ElementScores`, computed where the selection reads them."""
+    `selection.ElementScores`, computed where the selection reads them."""
 
     def __init__(self, criterion, wrapper):
         self.criterion = criterion
@@ -513,7 +513,7 @@ class _MemberScores:
 
 
 def _as_tensor(units):
-    if isinstance(units, masking.ElementScores):
+    if isinstance(units, selection.ElementScores):
         return units.flat().value()
     return units
 

@@ -2,7 +2,7 @@
 
 A criterion maps the weights of a layer to scores of the same shapes (or
 shapes that broadcast to them). It is kept apart from the mask (see
-`tfprune.masking` and `tfprune.pruner`): scores may change at every step while
+`tfprune.selection` and `tfprune.pruner`): scores may change at every step while
 a mask changes only at pruning steps, and either can be read at any time.
 
 Built-in criteria, by name:
@@ -74,7 +74,7 @@ class Criterion(Configurable):
         element_score: None, or a module-level function `score(weight)`
             when each score is a function of its own weight only (then a
             mask update computes the scores where it reads them, see
-            `masking.ElementScores`).
+            `selection.ElementScores`).
     """
 
     needs_gradients = False

@@ -37,7 +37,7 @@ import csv
 import keras
 import numpy as np
 
-from tfprune import cloning, masking
+from tfprune import cloning, selection
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
 
@@ -62,7 +62,7 @@ def _pruned_values(weights, specs, holder_bias, sparsity, granularity):
     out = []
     for value, spec in zip(values, specs):
         if granularity == "element":
-            keep = masking.keep_count(value.size, sparsity)
+            keep = selection.keep_count(value.size, sparsity)
             order = np.argsort(-np.abs(value).reshape(-1), kind="stable")
             mask = np.zeros(value.size, bool)
             mask[order[:keep]] = True
@@ -71,7 +71,7 @@ def _pruned_values(weights, specs, holder_bias, sparsity, granularity):
         axis = spec.out_axis % value.ndim
         other = tuple(a for a in range(value.ndim) if a != axis)
         norms = np.abs(value).mean(axis=other)
-        keep = masking.keep_count(len(norms), sparsity)
+        keep = selection.keep_count(len(norms), sparsity)
         kept = np.zeros(len(norms), bool)
         kept[np.argsort(-norms, kind="stable")[:keep]] = True
         view = [1] * value.ndim

@@ -42,7 +42,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import backend, masking
+from tfprune import backend, selection
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
 from tfprune.granularity import Granularity, _check_reduction
@@ -340,7 +340,7 @@ def _group_keep_counts(binding, sparsity):
         s = ops.cast(sparsity, "float32")
         if low is not None or high is not None:
             s = ops.clip(s, 0.0 if low is None else low, 0.999999 if high is None else high)
-        counts.append(masking.keep_count(eligible, s))
+        counts.append(selection.keep_count(eligible, s))
     return counts
 
 
@@ -363,7 +363,7 @@ def _per_group_top_k(binding, scores, counts):
         if start > cursor:
             pieces.append(keep[cursor:start])
         eligible = ops.convert_to_tensor(binding.eligible[start:stop])
-        chosen, _ = masking.top_k_mask(scores[start:stop], ops.maximum(k, 1), eligible)
+        chosen, _ = selection.top_k_mask(scores[start:stop], ops.maximum(k, 1), eligible)
         pieces.append(ops.logical_or(chosen, keep[start:stop]))
         cursor = stop
     if cursor < binding.size:
@@ -382,7 +382,7 @@ def _forced(binding, scores):
     """Units kept whatever the budget: each group's best, and `max_sparsity`."""
     counts = []
     for _, _, eligible, _, _, high in binding.groups:
-        counts.append(1 if high is None else masking.keep_count(eligible, high))  # >= 1
+        counts.append(1 if high is None else selection.keep_count(eligible, high))  # >= 1
     return _per_group_top_k(binding, scores, counts)
 
 
@@ -390,7 +390,7 @@ def _allowed(binding, scores):
     """Units a cross-layer selection may keep: of a group with a
     `min_sparsity`, its best `keep_count(eligible, min_sparsity)`; all others."""
     counts = [
-        eligible if low is None else masking.keep_count(eligible, low)
+        eligible if low is None else selection.keep_count(eligible, low)
         for _, _, eligible, _, low, _ in binding.groups
     ]
     return _per_group_top_k(binding, scores, counts)
@@ -398,7 +398,7 @@ def _allowed(binding, scores):
 
 def select(binding, scores, sparsity, per_layer):
     """The boolean keep vector over all units."""
-    scores = masking.non_negative(scores)
+    scores = selection.non_negative(scores)
     if binding.budget == "channels" and per_layer:
         counts = _rounded(binding, _group_keep_counts(binding, sparsity))
         return _per_group_top_k(binding, scores, counts)
@@ -409,9 +409,9 @@ def select(binding, scores, sparsity, per_layer):
         permitted = ops.logical_or(_allowed(binding, scores), forced)
         eligible = ops.logical_and(eligible, permitted)
     if binding.budget == "channels":
-        total = masking.keep_count(int(binding.eligible.sum()), sparsity)
+        total = selection.keep_count(int(binding.eligible.sum()), sparsity)
         room = total - ops.sum(ops.cast(ops.logical_and(forced, binding.eligible), "int32"))
-        chosen, _ = masking.top_k_mask(scores, room, eligible)
+        chosen, _ = selection.top_k_mask(scores, room, eligible)
         keep = ops.logical_or(ops.logical_or(chosen, forced), ~binding.eligible)
     else:
         keep = _keep_by_cost(binding, scores, eligible, sparsity, permitted)

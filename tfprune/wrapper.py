@@ -42,7 +42,7 @@ import keras
 from keras import ops
 from keras.src.backend.common import stateless_scope as _stateless_scope
 
-from tfprune import backend, granularity, masking
+from tfprune import backend, granularity, selection
 from tfprune import layers as layer_specs
 from tfprune import pruner as pruner_lib
 from tfprune import schedules as schedules_lib
@@ -400,12 +400,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return [backend.masked(w.value, mask.value) for w, mask, _ in self.pruning_vars]
 
     def _element_scores(self, index, score):
-        """`masking.ElementScores` of `score` over pruned weight `index`, as
+        """`selection.ElementScores` of `score` over pruned weight `index`, as
         `_scoring_values` gives it (masked unless masks are forward-only)."""
         weight, mask, _ = self.pruning_vars[index]
         if self.forward_only:
-            return masking.ElementScores(score, (backend.read(weight),))
-        return masking.ElementScores(masking.of_masked(score), (weight.value, mask.value))
+            return selection.ElementScores(score, (backend.read(weight),))
+        return selection.ElementScores(selection.of_masked(score), (weight.value, mask.value))
 
     # ------------------------------------------------------------------- call
     def call(self, *args, training=None, **kwargs):

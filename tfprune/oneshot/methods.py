@@ -31,12 +31,12 @@ Example:
 import numpy as np
 from keras import ops
 
-from tfprune import masking
+from tfprune import selection
 
 
 def keep_count(size, sparsity):
-    """`masking.keep_count` as a Python int (TFMOT's rule, float32)."""
-    return int(ops.convert_to_numpy(masking.keep_count(size, sparsity)))
+    """`selection.keep_count` as a Python int (TFMOT's rule, float32)."""
+    return int(ops.convert_to_numpy(selection.keep_count(size, sparsity)))
 
 
 def lowest(scores, count):
