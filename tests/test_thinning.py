@@ -257,6 +257,41 @@ def test_thin_keeps_zero_channels_that_are_still_read(rng):
 
 
 @graph_logic
+@pytest.mark.parametrize(
+    "combine, kept",
+    [
+        (lambda h: h + 1.0, 3),  # the zero channel reads 1.0
+        (lambda h: keras.ops.add(h, 1.0), 3),
+        (lambda h: keras.ops.maximum(h, 0.5), 3),
+        (lambda h: h - 1.0, 3),
+        (lambda h: keras.ops.minimum(h, -1.0), 3),
+        (lambda h: h * 2.0, 2),  # zero still
+        (lambda h: h + np.arange(3, dtype="float32"), 3),  # per channel: nothing removable
+    ],
+)
+def test_a_channel_combined_with_a_constant_is_zero_only_if_it_stays_zero(combine, kept):
+    x = keras.Input((4,))
+    h = keras.layers.Dense(3, activation="relu", name="a")(x)
+    model = keras.Model(x, keras.layers.Dense(2, name="b")(combine(h)))
+    model.get_layer("a").set_weights([np.array([[1, 0, 1]] * 4, "float32"), np.zeros(3, "float32")])
+    model.get_layer("b").set_weights([np.ones((3, 2), "float32"), np.zeros(2, "float32")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "thin kept 1 channel(s) whose producers are zero"
+        small = tfprune.thin(model)
+    assert small.get_layer("a").units == kept
+    assert_same_outputs(model, small, np.ones((1, 4), "float32"))
+
+
+@graph_logic
+def test_a_per_channel_constant_fixes_the_channels_it_is_combined_with():
+    x = keras.Input((4,))
+    h = keras.layers.Dense(3, name="a")(x) + np.arange(3, dtype="float32")
+    model = keras.Model(x, keras.layers.Dense(2, name="b")(h))
+    group = [g for g in graph.build(model).groups if "a" in g.producers][0]
+    assert not group.prunable and "per-channel constant" in group.reason
+
+
+@graph_logic
 def test_unknown_layer_on_a_coupled_path_is_named_before_anything_changes():
     class Scale(keras.layers.Layer):
         def call(self, x):

@@ -543,6 +543,12 @@ _UNARY_OPS = {
 _BINARY_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
 
 
+def constant_operands(node):
+    """The operands of a call that are not graph tensors (`x + 1.0`: `[1.0]`)."""
+    leaves = keras.tree.flatten((node.arguments.args, node.arguments.kwargs))
+    return [v for v in leaves if v is not None and not isinstance(v, keras.KerasTensor)]
+
+
 def operation(b, op, node, inputs):
     """`keras.ops` nodes of a functional graph (`x + y`, `ops.relu(x)`)."""
     name = type(op).__name__
@@ -550,6 +556,8 @@ def operation(b, op, node, inputs):
         return [inputs[0]]
     if name in _BINARY_OPS:
         if len(inputs) == 1:  # a tensor and a constant
+            if any(np.ndim(c) and np.shape(c)[-1] > 1 for c in constant_operands(node)):
+                b.fix(inputs[0], f"combined with a per-channel constant by '{op.name}'")
             return [inputs[0]]
         return merge(b, op, node, inputs)
     return _unknown(b, op, inputs, node.outputs)

@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 from keras import ops
 
-from tfprune.selection import threshold_mask
+from tfprune.selection import keep_count, threshold_mask  # noqa: F401 (keep_count: as before)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,8 @@ boolean per channel: "this channel is 0.0 for every input".
   linear; not sigmoid), pooling, padding, cropping, up-sampling, dropout,
   flatten/reshape (by position), concatenation (by offset), depthwise convs
   without a bias (or a zero one); `Add`/`Subtract`/`Average`/`Maximum`/
-  `Minimum` where every input is zero; `Multiply` where any input is zero.
+  `Minimum` where every input is zero (and no operand is a constant:
+  `x + 1.0` is not zero); `Multiply` where any input is zero.
 - Everything else (normalizations, unknown layers) is assumed non-zero.
 
 `dead_reads(model)` returns, for the read weights of each consumer
@@ -124,6 +125,8 @@ def _rule(op, node, zeros):
     if isinstance(op, L.Concatenate) and op.axis in (-1, len(node.outputs[0].shape) - 1):
         return [np.concatenate(zeros)]
     name = type(op).__name__
+    if name in _ALL_ZERO and graph_lib.constant_operands(node):  # x + 1.0 is not zero where x is
+        return [np.zeros(t.shape[-1] or 1, bool) for t in node.outputs]
     if name in _ALL_ZERO or name == "Multiply":
         full = max(width)
         wide = [z for z in zeros if len(z) == full]
