@@ -328,3 +328,76 @@ def test_regularization_window_arguments_are_checked():
         tfprune.regularizers.RegularizationWindow(L1(0.1), begin_step=3, end_step=3)
     with pytest.raises(ValueError, match=r"`begin_step` must be an int >= 0 \(or -1\). Received: begin_step=1.5"):
         tfprune.regularizers.RegularizationWindow(L1(0.1), begin_step=1.5)
+    with pytest.raises(TypeError, match=r"`regularizer` must be a keras.regularizers.Regularizer.*regularizer=None"):
+        tfprune.regularizers.RegularizationWindow(None)
+    window = tfprune.regularizers.RegularizationWindow(L1(0.1), begin_step=np.int64(2))
+    assert window.begin_step == 2 and type(window.begin_step) is int
+
+
+def _zero_data_fit(model, callbacks, epochs=1, batch_size=2):
+    """Zero inputs: only the penalty moves the kernel (see the window test)."""
+    model.fit(np.zeros((12, 4)), np.zeros((12, 3)), batch_size=batch_size, epochs=epochs,
+              verbose=0, shuffle=False, callbacks=callbacks)  # fmt: skip
+
+
+def _l1_model(kernel=0.5):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.layers[0].kernel.assign(np.full((4, 3), kernel, "float32"))
+    reg = L1(0.01)
+    tfprune.regularize(model, reg)
+    return model, reg
+
+
+def test_soft_threshold_steps_once_per_update_with_gradient_accumulation():
+    model, _ = _l1_model()
+    model.compile(keras.optimizers.SGD(1.0, gradient_accumulation_steps=2), "mse")
+    _zero_data_fit(model, [tfprune.SoftThreshold()])  # 6 batches: 3 updates
+    np.testing.assert_allclose(to_numpy(model.layers[0].kernel), 0.5 - 3 * 0.01, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras: steps_per_execution 1 on PyTorch")
+def test_a_window_edge_inside_an_execution_is_refused():
+    model, reg = _l1_model()
+    model.compile(keras.optimizers.SGD(1.0), "mse", steps_per_execution=4)
+    window = tfprune.regularizers.RegularizationWindow(reg, begin_step=2, end_step=4)
+    with pytest.raises(ValueError, match=r"`begin_step`=2 falls inside an execution of steps_per_execution=4"):
+        _zero_data_fit(model, [window])
+    model, reg = _l1_model()
+    model.compile(keras.optimizers.SGD(1.0), "mse", steps_per_execution=2)
+    window = tfprune.regularizers.RegularizationWindow(reg, begin_step=2, end_step=4)
+    _zero_data_fit(model, [window])  # edges on executions: two proximal-free SGD steps on λ|w|
+    np.testing.assert_allclose(to_numpy(model.layers[0].kernel), 0.5 - 2 * 0.01, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("soft_threshold_first", [False, True])
+def test_the_window_and_soft_threshold_restore_the_weights_in_either_order(soft_threshold_first):
+    model, reg = _l1_model()
+    model.compile(keras.optimizers.SGD(1.0), "mse")
+    window = tfprune.regularizers.RegularizationWindow(reg, begin_step=0, end_step=1)
+    callbacks = [tfprune.SoftThreshold(), window] if soft_threshold_first else [window, tfprune.SoftThreshold()]
+    _zero_data_fit(model, callbacks)
+    kernel = model.layers[0].kernel
+    assert kernel.regularizer is reg and kernel.constraint is None
+
+
+def test_regularize_refuses_to_replace_a_regularizer_unless_asked():
+    model = dense_model(regularizer=keras.regularizers.L2(1e-2))
+    with pytest.raises(ValueError, match=r"Weight 'sequential.*/d/kernel' of layer 'd' already has the regularizer"):
+        tfprune.regularize(model, L1(1e-3))
+    assert isinstance(model.get_layer("d").kernel.regularizer, keras.regularizers.L2)
+    tfprune.regularize(model, L1(1e-3), replace=True)
+    assert isinstance(model.get_layer("d").kernel.regularizer, L1)
+
+
+def test_numpy_numbers_are_numbers_and_l0_penalty_checks_its_arguments():
+    assert L1(np.float32(0.5)).strength == 0.5 and GroupLasso(np.int64(1)).strength == 1.0
+    gate = l0.L0Gate(keras.layers.Dense(2), droprate_init=np.float32(0.25), seed=np.int64(3))
+    gate.build((None, 2))
+    assert gate.get_config()["seed"] == 3
+    for bad, match in ((True, "strength=True"), (-1, "strength=-1"), ("0.5", "strength='0.5'")):
+        with pytest.raises(ValueError, match=match):
+            l0.L0Penalty(bad)
+    with pytest.raises(ValueError, match="temperature=0"):
+        l0.L0Penalty(1.0, 0)
+    with pytest.raises(ValueError, match=r"granularity=\['filter'\]"):
+        GroupLasso(0.1, granularity=["filter"])

@@ -22,6 +22,8 @@ Example:
 import keras
 from keras import ops
 
+from tfprune import checks
+
 
 class Distiller(keras.Model):
     """Trains `student` to match `teacher`'s softened outputs (see module).
@@ -40,11 +42,11 @@ class Distiller(keras.Model):
                 raise TypeError(
                     f"Argument `{name}` must be a keras.Model. Received: {name}={model!r}"
                 )
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+        if not checks.is_finite_number(temperature) or temperature <= 0:
             raise ValueError(
-                f"Argument `temperature` must be a number > 0. Received: temperature={temperature!r}"
+                f"Argument `temperature` must be a finite number > 0. Received: temperature={temperature!r}"
             )
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        if not checks.is_number(alpha) or not 0 <= alpha <= 1:
             raise ValueError(f"Argument `alpha` must be in [0, 1]. Received: alpha={alpha!r}")
         super().__init__(**kwargs)
         self.student = student

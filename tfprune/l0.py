@@ -10,9 +10,14 @@
 
 with β = `temperature` (2/3), γ = −0.1, ζ = 1.1, and adds the expected L0
 norm `λ·Σ sigmoid(log_alpha − β·log(−γ/ζ))` to the loss (a regularizer of
-`log_alpha`, so Keras adds it on every backend). `droprate_init` is the
-initial probability of a gate being closed: `log_alpha` starts near
-`log(1 − droprate_init) − log(droprate_init)` (small noise, σ = 0.01).
+`log_alpha`, so Keras adds it on every backend). `droprate_init` sets
+where `log_alpha` starts, as in Louizos et al.'s code: near
+`log(1 − droprate_init) − log(droprate_init)` (small noise, σ = 0.01), so
+`sigmoid(log_alpha)` (the concrete variable's mean before stretching)
+starts at `1 − droprate_init`. It is not the probability that a gate is
+closed: with the stretch and clip, a training gate is exactly 0 less often
+(0.17 at `droprate_init=0.5`), and an evaluation gate is closed only from
+`droprate_init ≥ 11/12` (`sigmoid(log_alpha)·1.2 − 0.1 ≤ 0`).
 
 The gate acts before the layer's activation (`act(z·(Wx + b))`), so at
 evaluation it folds exactly into the kernel and bias (a
@@ -35,12 +40,11 @@ Example:
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
-from tfprune import cloning
+from tfprune import checks, cloning
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 
@@ -51,8 +55,8 @@ class L0Penalty(keras.regularizers.Regularizer):
     open gates (of `log_alpha`), times `strength`."""
 
     def __init__(self, strength, temperature=BETA):
-        self.strength = float(strength)
-        self.temperature = float(temperature)
+        self.strength = _check("strength", strength, 0.0, math.inf, low_open=False)
+        self.temperature = _check("temperature", temperature, 0.0, math.inf)
 
     def __call__(self, log_alpha):
         shift = self.temperature * math.log(-GAMMA / ZETA)
@@ -63,7 +67,7 @@ class L0Penalty(keras.regularizers.Regularizer):
 
 
 def _check(name, value, low, high, low_open=True, high_open=True):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = checks.is_number(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (
             value < high if high_open else value <= high
@@ -79,7 +83,7 @@ def _check(name, value, low, high, low_open=True, high_open=True):
 def check_gate_arguments(l0_strength, droprate_init, temperature, seed):
     """`(l0_strength, droprate_init, temperature)` as floats, or a ValueError
     (a TypeError for a seed that is not an int) naming the argument."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+    if seed is not None and not checks.is_integer(seed):
         raise TypeError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
     return (
         _check("l0_strength", l0_strength, 0.0, math.inf, low_open=False),
@@ -96,7 +100,8 @@ class L0Gate(keras.layers.Wrapper):
         layer: a layer with channels last (`Conv*`, `Dense`,
             `BatchNormalization`, ...).
         l0_strength: λ of the expected-L0 penalty.
-        droprate_init: initial probability of a gate being closed.
+        droprate_init: `1 − sigmoid(log_alpha)` at initialization (see
+            the module docstring; not the probability of a closed gate).
         temperature: β.
         seed: seed of the gates' noise.
     """
@@ -112,7 +117,7 @@ class L0Gate(keras.layers.Wrapper):
         kwargs.setdefault("name", f"l0_gate_{layer.name}")
         super().__init__(layer, **kwargs)
         self.seed = None if seed is None else int(seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = layer.supports_masking
 
     def build(self, input_shape):

@@ -400,7 +400,10 @@ class Recipe:
             if entry["type"] != "l0":
                 where = f"regularizers.{name}"
                 self._made[name] = _make_regularizer(entry, where)
-                regularize(model, self._made[name], layers=names.get(where))
+                try:
+                    regularize(model, self._made[name], layers=names.get(where))
+                except ValueError as error:
+                    _fail(where, str(error).splitlines()[0])
         return model
 
     def callbacks(self, steps_per_epoch=None):

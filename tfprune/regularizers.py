@@ -43,13 +43,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune import checks
+
 GROUP_AXES = {"filter": -1, "channel": -2, "row": 0, "column": 1}
 
 
 def _check_strength(strength):
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
-        math.isfinite(strength) and strength >= 0
-    ):
+    if not checks.is_finite_number(strength) or strength < 0:
         raise ValueError(
             f"Argument `strength` must be a finite number >= 0. Received: strength={strength!r}"
         )
@@ -121,7 +121,7 @@ class GroupLasso(_Proximal):
 
     def __init__(self, strength=0.01, granularity="filter"):
         super().__init__(strength)
-        if granularity not in GROUP_AXES:
+        if not isinstance(granularity, str) or granularity not in GROUP_AXES:
             raise ValueError(
                 f"Argument `granularity` must be one of {sorted(GROUP_AXES)}. "
                 f"Received: granularity={granularity!r}"
@@ -175,9 +175,12 @@ class ReportedOnly:
         return ops.stop_gradient(self.regularizer(x))
 
 
-def regularize(model, regularizer, layers=None):
+def regularize(model, regularizer, layers=None, replace=False):
     """Attaches `regularizer` to every prunable weight of `model` (any depth),
     or of the layers named in `layers`.
+
+    A weight holds one regularizer: one it has already (the user's own, or
+    another `regularize`'s) is a `ValueError` naming it, unless `replace`.
 
     The layers' `kernel_regularizer` (or the matching attribute) is set too,
     so a saved model keeps it. Returns the model (changed in place).
@@ -228,6 +231,16 @@ def regularize(model, regularizer, layers=None):
             found.append((layer, variable, spec))
     if not found:
         raise ValueError(f"Model '{model.name}' has no prunable weights to regularize.")
+    if not isinstance(replace, bool):
+        raise TypeError(f"Argument `replace` must be True or False. Received: replace={replace!r}")
+    held = [(layer, v) for layer, v, _ in found if getattr(v, "regularizer", None) is not None]
+    if held and not replace:
+        layer, variable = held[0]
+        raise ValueError(
+            f"Weight '{variable.path}' of layer '{layer.name}' already has the regularizer "
+            f"{variable.regularizer!r} (and {len(held) - 1} other weight(s) one); a weight holds "
+            "one regularizer: pass `replace=True` to replace them, or `layers` to choose others."
+        )
     for layer, variable, spec in found:
         variable.regularizer = regularizer
         name = spec.path.split(".")[-1].split("/")[-1].lstrip("_")
@@ -270,7 +283,12 @@ class _ProximalStep(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return self.regularizer.proximal(w, self.optimizer.learning_rate)
+        stepped = self.regularizer.proximal(w, self.optimizer.learning_rate)
+        accumulated = self.optimizer.gradient_accumulation_steps
+        if accumulated:  # Keras applies constraints after every micro-batch too
+            due = ops.equal(ops.mod(self.optimizer._iterations.value + 1, accumulated), 0)
+            return ops.where(due, stepped, ops.convert_to_tensor(w))
+        return stepped
 
 
 class SoftThreshold(keras.callbacks.Callback):
@@ -331,7 +349,8 @@ class RegularizationWindow(keras.callbacks.Callback):
     Outside the window the weights it regularizes have no penalty and no
     proximal step. The compiled step is traced again at the window's edges
     only; the host counts the steps (no device read per step). With
-    `SoftThreshold`, list this callback before it.
+    `steps_per_execution > 1`, each edge must start an execution (a
+    `ValueError` at the start of training says which does not).
 
     Example:
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -347,8 +366,14 @@ class RegularizationWindow(keras.callbacks.Callback):
     def __init__(self, regularizer, begin_step=0, end_step=-1):
         super().__init__()
         for name, value in (("begin_step", begin_step), ("end_step", end_step)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            if not checks.is_integer(value) or value < -1:
                 raise ValueError(f"Argument `{name}` must be an int >= 0 (or -1). Received: {name}={value!r}")
+        if not isinstance(regularizer, keras.regularizers.Regularizer):
+            raise TypeError(
+                "Argument `regularizer` must be a keras.regularizers.Regularizer (the one "
+                f"`regularize` attached). Received: regularizer={regularizer!r}"
+            )
+        begin_step, end_step = int(begin_step), int(end_step)
         if begin_step < 0 or (end_step != -1 and end_step <= begin_step):
             raise ValueError(
                 "Arguments `begin_step` and `end_step` must satisfy 0 <= begin_step < end_step "
@@ -368,6 +393,25 @@ class RegularizationWindow(keras.callbacks.Callback):
         self._start = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         self._done = self._base = 0
         self._saved = None  # taken at the first batch, after SoftThreshold has installed
+        self._check_executions()
+
+    def _check_executions(self):
+        """The host switches the window between executions: with several steps
+        per execution, each edge ahead must start one (steps restart each epoch)."""
+        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        per_epoch = (self.params or {}).get("steps")
+        if per_execution == 1:
+            return
+        for name, edge in (("begin_step", self.begin_step), ("end_step", self.end_step)):
+            ahead = edge - self._start
+            if edge == -1 or ahead <= 0:
+                continue
+            if (ahead % per_epoch if per_epoch else ahead) % per_execution:
+                raise ValueError(
+                    f"RegularizationWindow: `{name}`={edge} falls inside an execution of "
+                    f"steps_per_execution={per_execution} steps (this run starts at step "
+                    f"{self._start}, {per_epoch} steps an epoch); choose an edge that starts one."
+                )
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self._start + self._base + batch
@@ -402,4 +446,7 @@ class RegularizationWindow(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._saved is not None and not self._active:
+            # Only what is still switched off: a SoftThreshold that ended
+            # first has restored the weights' own regularizer and constraint.
+            self._saved = [s for s in self._saved if s[0].regularizer is None]
             self._switch(True)

@@ -26,17 +26,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import exact
+from tfprune import checks, exact
 
 _PACKAGE = "tfprune"
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+_is_int = checks.is_integer
+_is_number = checks.is_number
 
 
 def _check_int(name, value):

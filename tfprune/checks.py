@@ -1,0 +1,25 @@
+"""Type checks shared by argument validation: NumPy scalars count as numbers
+(`np.float32(0.5)`, `np.int64(8)`), bools do not.
+
+>>> import numpy as np
+>>> is_number(np.float32(0.5)), is_number(True), is_integer(np.int64(8)), is_integer(8.0)
+(True, False, True, False)
+"""
+
+import math
+import numbers
+
+
+def is_integer(value):
+    """An int or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value):
+    """A real number (NumPy scalars included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_number(value):
+    """A real number that is neither infinite nor NaN."""
+    return is_number(value) and math.isfinite(value)
