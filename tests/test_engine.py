@@ -396,6 +396,9 @@ def test_rewind_restores_unpruned_weights_bit_exactly_and_keeps_masks():
         np.testing.assert_array_equal(to_numpy(variable), snap.values[f"bn/{variable.name}"])
     with pytest.raises(ValueError, match="does not fit"):
         tfprune.rewind_weights(cnn(), snap)
+    for call in (lambda: tfprune.snapshot_weights("x"), lambda: tfprune.rewind_weights("x", snap)):
+        with pytest.raises(TypeError, match=r"Argument `model` must be a Keras model or layer. Received: model='x'"):
+            call()
 
 
 def test_iterative_magnitude_pruning_recipe():

@@ -28,7 +28,7 @@ Example:
 ['fc/bias', 'fc/kernel']
 """
 
-import keras  # noqa: F401 (docstring example)
+import keras
 import numpy as np
 from keras import ops
 
@@ -88,6 +88,8 @@ def _walk(layer, prefix, state, found):
 
 
 def _weights(model):
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
     state, masks, _ = _pruning_state(model)
     found = {}
     for layer in layer_specs.sublayers(model):
