@@ -46,9 +46,8 @@ def oracle_sparsegpt(W, X, s, damp=0.01, block=128):
     H = 2.0 / n * X.astype(np.float64).T @ X.astype(np.float64)
     Wt = W.astype(np.float64).T.copy()
     F = H.shape[0]
-    dead = np.diag(H) == 0
+    dead = np.diag(H) == 0  # inputs never active: their weights score 0 (pruned first)
     H[dead, dead] = 1
-    Wt[:, dead] = 0
     H += damp * np.mean(np.diag(H)) * np.eye(F)
     Hinv = np.linalg.inv(H)
     for start in range(0, F, block):
@@ -59,7 +58,7 @@ def oracle_sparsegpt(W, X, s, damp=0.01, block=128):
         for i in range(start, end):
             diag.append(trial[i, i])
             trial = trial - np.outer(trial[:, i], trial[i, :]) / trial[i, i]
-        scores = Wt[:, start:end] ** 2 / np.array(diag)[None, :]
+        scores = Wt[:, start:end] ** 2 / np.array(diag)[None, :] * ~dead[None, start:end]
         k = scores.size - oracle_keep(scores.size, s)
         drop = np.zeros(scores.size, bool)
         drop[np.argsort(scores.ravel(), kind="stable")[:k]] = True
@@ -141,6 +140,27 @@ def test_two_four_holds_group_by_group(method):
     W = kernel_of(pruned)
     groups = (W != 0).reshape(8, 4, 16)  # 32 inputs: 8 groups of 4, per output
     assert np.all(groups.sum(axis=1) == 2)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_inputs_never_active_count_in_the_budget(method):
+    X = correlated_inputs()
+    X[:, :6] = 0.0  # six inputs the calibration data never uses
+    model = dense_model()
+    size = kernel_of(model).size
+    for sparsity in (0.0, 0.25, 0.5):
+        W = kernel_of(tfprune.oneshot(model, X, sparsity=sparsity, method=method, verbose=0))
+        zeros = (W == 0).sum(axis=0) if method == "wanda" else (W == 0).sum()
+        expected = 32 - oracle_keep(32, sparsity) if method == "wanda" else size - oracle_keep(size, sparsity)
+        assert np.all(zeros == expected), (sparsity, zeros)
+        if method != "magnitude" and sparsity >= 0.25:
+            assert np.all(W[:6] == 0)  # they go first: they change no output on this data
+    W = kernel_of(tfprune.oneshot(model, X, method=method, sparsity_m_by_n=(2, 4), verbose=0))
+    assert (W == 0).sum() == size // 2
+    np.testing.assert_allclose(
+        kernel_of(tfprune.oneshot(model, X, sparsity=0.0, method="sparsegpt", verbose=0)),
+        kernel_of(model), rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
 
 
 def test_sparsity_zero_changes_nothing():
@@ -230,6 +250,40 @@ def test_calibration_data_forms():
         calibration.batches(np.zeros((0, 24), "float32"))
     with pytest.raises(ValueError, match="calibration_data"):
         calibration.batches([])
+    with pytest.raises(ValueError, match="calibration_data"):
+        calibration.batches({})
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        calibration.batches(np.full((4, 3), np.nan, "float32"))
+    with pytest.raises(ValueError, match=r"at least one batch .*calibration_data=\[1.0, 2.0\]"):
+        calibration.batches([1.0, 2.0])  # numbers, not batches
+    with pytest.raises(ValueError, match="numeric arrays with a batch axis"):
+        calibration.batches(np.array([["a"], ["b"]]))
+
+
+def test_a_failure_part_way_leaves_the_model_as_it_was():
+    X = correlated_inputs()
+    X[:, 1] = X[:, 0]  # a singular X^T X: no Cholesky without dampening
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, name="a"),
+                              keras.layers.Dense(64, name="b"), keras.layers.Dense(2, name="c")])  # fmt: skip
+    before = [kernel_of(model, n) for n in "abc"]
+    with pytest.raises(ValueError, match=r"layer 'b' .*raise `dampening`. Received: dampening=1e-12"):
+        tfprune.oneshot(model, X, method="sparsegpt", dampening=1e-12, inplace=True, verbose=0)
+    for name, kernel in zip("abc", before):
+        np.testing.assert_array_equal(kernel_of(model, name), kernel)
+
+
+def test_causal_conv1d_features_are_the_past_only():
+    from tfprune.oneshot import features
+
+    for data_format, shape in (("channels_last", (16, 4)), ("channels_first", (4, 16))):
+        layer = keras.layers.Conv1D(8, 3, padding="causal", dilation_rate=2, data_format=data_format,
+                                    use_bias=False)  # fmt: skip
+        x = np.random.default_rng(0).normal(size=(2,) + shape).astype("float32")
+        y = to_numpy(layer(x))
+        y = np.moveaxis(y, 1, -1) if data_format == "channels_first" else y
+        view = features.view_of(layer)
+        rows = to_numpy(view.to_rows(x)) @ view.to_matrix(to_numpy(layer.kernel))
+        np.testing.assert_allclose(rows, y.reshape(-1, 8), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -241,6 +295,16 @@ def test_calibration_data_forms():
         ({"sparsity_m_by_n": (4, 2)}, ValueError, r"sparsity_m_by_n=\(4, 2\)"),
         ({"dampening": 0}, ValueError, "dampening=0"),
         ({"block_size": 0}, ValueError, "block_size=0"),
+        ({"block_size": np.int64(8), "sparsity": np.int64(2)}, ValueError, r"sparsity=np.int64\(2\)"),
+        ({"dampening": float("inf")}, ValueError, "dampening=inf"),
+        ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"batch_size": True}, ValueError, "batch_size=True"),
+        ({"batch_size": 2.5}, ValueError, "batch_size=2.5"),
+        ({"owl": {"spread": 0.1}}, ValueError, r"`owl` applies to scope='owl'. Received: scope='layer'"),
+        ({"owl": {"threshold": "x"}, "scope": "owl"}, ValueError, r"'threshold' must be a number > 0"),
+        ({"owl": {"spread": -5}, "scope": "owl"}, ValueError, r"'spread' must be a number in \[0, 0.5\]"),
+        ({"sparsity_m_by_n": ()}, ValueError, r"sparsity_m_by_n=\(\)"),
+        ({"sparsity_m_by_n": 0}, ValueError, r"sparsity_m_by_n=0"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_touched(kwargs, error, match):
@@ -327,6 +391,10 @@ def test_owl_budgets_average_to_the_target_and_favour_outlier_layers():
     sizes = {n: kernel_of(model, n).size for n in "abc"}
     zeros = {n: int((kernel_of(pruned, n) == 0).sum()) for n in "abc"}
     assert abs(sum(zeros.values()) - 0.6 * sum(sizes.values())) <= 3  # rounding per layer
+    for target in (0.0, 0.02, 0.95):  # the clip at 0 or 1 does not move the average
+        budgets = tfprune.oneshot(model, X, sparsity=target, method="magnitude", scope="owl", verbose=0)
+        total = sum(int((kernel_of(budgets, n) == 0).sum()) for n in "abc")
+        assert abs(total - target * sum(sizes.values())) <= 3, (target, total)
     sparsity = {n: zeros[n] / sizes[n] for n in "abc"}
     assert len(set(ratio.values())) > 1
     for x in "abc":  # more outliers keep more (equal ratios: equal budgets, up to rounding)

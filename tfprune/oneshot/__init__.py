@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfprune import backend, cloning
+from tfprune import backend, checks, cloning
 from tfprune.oneshot import calibration, features, methods
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -77,11 +77,7 @@ def oneshot(
             "Argument `scope='owl'` sets per-layer sparsities, which N:M patterns do not "
             f"have. Received: scope='owl', sparsity_m_by_n={sparsity_m_by_n!r}"
         )
-    if owl is not None and (not isinstance(owl, dict) or set(owl) - {"threshold", "spread"}):
-        raise ValueError(
-            "Argument `owl` must be a dict with keys 'threshold' and/or 'spread'. "
-            f"Received: owl={owl!r}"
-        )
+    _check_owl(owl, scope)
     data = calibration.batches(calibration_data, batch_size)
     if not inplace:
         if not cloning.is_graph_model(model):
@@ -101,14 +97,23 @@ def oneshot(
         views = [features.view_of(layer) for layer, _ in order]
         budgets = owl_sparsities(views, calibration.input_norms(model, views, data), sparsity, **(owl or {}))
     progress = keras.utils.Progbar(len(order), verbose=verbose, unit_name="layer")
-    for group in _groups_by_input(order):
-        views = [features.view_of(layer) for layer in group]
-        stats = calibration.input_statistics(model, views, data)
-        for view in views:
-            gram, rows = stats[id(view.layer)]
-            target = budgets.get(id(view.layer), sparsity)
-            _prune_layer(view, gram, rows, target, method, sparsity_m_by_n, dampening, block_size)
-            progress.add(1)
+    # With `inplace`, a failure part-way (a Hessian SparseGPT cannot factor,
+    # an interrupt) restores the kernels pruned so far.
+    saved = [(layer.kernel, np.array(ops.convert_to_numpy(layer.kernel))) for layer, _ in order]
+    saved = saved if inplace else []
+    try:
+        for group in _groups_by_input(order):
+            views = [features.view_of(layer) for layer in group]
+            stats = calibration.input_statistics(model, views, data)
+            for view in views:
+                gram, rows = stats[id(view.layer)]
+                target = budgets.get(id(view.layer), sparsity)
+                _prune_layer(view, gram, rows, target, method, sparsity_m_by_n, dampening, block_size)
+                progress.add(1)
+    except BaseException:
+        for kernel, value in saved:
+            kernel.assign(value)
+        raise
     return model
 
 
@@ -132,8 +137,18 @@ def owl_sparsities(views, norms, sparsity, threshold=5.0, spread=0.08):
     ratios, sizes = np.array(ratios), np.array(sizes, dtype=np.float64)
     span = ratios.max() - ratios.min()
     scaled = (ratios - ratios.min()) / span * 2 * spread if span > 0 else np.zeros_like(ratios)
-    density = scaled - np.sum(scaled * sizes) / sizes.sum() + (1.0 - sparsity)
-    density = np.clip(density, 0.0, 1.0)
+    # The shift that makes the clipped densities average (1 - sparsity) by
+    # size: a monotone function of the shift, found by bisection.
+    target = (1.0 - sparsity) * sizes.sum()
+
+    def kept(shift):
+        return np.sum(np.clip(scaled + shift, 0.0, 1.0) * sizes)
+
+    low, high = -1.0 - scaled.max(), 1.0 - scaled.min()
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if kept(middle) < target else (low, middle)
+    density = np.clip(scaled + high, 0.0, 1.0)
     return {id(v.layer): float(1.0 - d) for v, d in zip(views, density)}
 
 
@@ -167,14 +182,37 @@ def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_si
     elif method == "magnitude":
         new = methods.magnitude_in_pieces(matrices, view.outputs, sparsity)
     else:
-        new = methods.sparsegpt_in_pieces(
-            matrices, gram, rows, sparsity, m_by_n, width, dampening, block_size
-        )
+        try:
+            new = methods.sparsegpt_in_pieces(
+                matrices, gram, rows, sparsity, m_by_n, width, dampening, block_size
+            )
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"SparseGPT cannot factor the damped Hessian of layer '{view.layer.name}' "
+                f"(not positive definite); raise `dampening`. Received: dampening={dampening!r}"
+            ) from None
     put([view.kernel_of(W, p.shape).astype(p.dtype) for W, p in zip(new, pieces)])
 
 
+def _check_owl(owl, scope):
+    if owl is None:
+        return
+    if scope != "owl":
+        raise ValueError(f"Argument `owl` applies to scope='owl'. Received: scope={scope!r}, owl={owl!r}")
+    if not isinstance(owl, dict) or set(owl) - {"threshold", "spread"}:
+        raise ValueError(
+            "Argument `owl` must be a dict with keys 'threshold' and/or 'spread'. "
+            f"Received: owl={owl!r}"
+        )
+    threshold, spread = owl.get("threshold", 5.0), owl.get("spread", 0.08)
+    if not checks.is_finite_number(threshold) or threshold <= 0:
+        raise ValueError(f"Argument `owl`: 'threshold' must be a number > 0. Received: owl={owl!r}")
+    if not checks.is_finite_number(spread) or not 0 <= spread <= 0.5:
+        raise ValueError(f"Argument `owl`: 'spread' must be a number in [0, 0.5]. Received: owl={owl!r}")
+
+
 def _check(sparsity, method, m_by_n, dampening, block_size):
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)):
+    if not checks.is_number(sparsity):
         raise TypeError(f"Argument `sparsity` must be a float in [0, 1). Received: sparsity={sparsity!r}")
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"Argument `sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
@@ -183,8 +221,12 @@ def _check(sparsity, method, m_by_n, dampening, block_size):
     if m_by_n is not None:
         from tfprune import masking
 
-        masking.granularity_from_args(sparsity_m_by_n=m_by_n)  # m < n, positive ints
-    if isinstance(dampening, bool) or not isinstance(dampening, (int, float)) or not dampening > 0:
-        raise ValueError(f"Argument `dampening` must be a float > 0. Received: dampening={dampening!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        chosen = masking.granularity_from_args(sparsity_m_by_n=m_by_n or None)  # m < n, positive ints
+        if not isinstance(chosen, masking.MByN):
+            raise ValueError(
+                f"Argument `sparsity_m_by_n` must be (m, n) or None. Received: sparsity_m_by_n={m_by_n!r}"
+            )
+    if not checks.is_finite_number(dampening) or not dampening > 0:
+        raise ValueError(f"Argument `dampening` must be a finite number > 0. Received: dampening={dampening!r}")
+    if not checks.is_integer(block_size) or block_size < 1:
         raise ValueError(f"Argument `block_size` must be an int >= 1. Received: block_size={block_size!r}")

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune import checks
+
 
 def batches(calibration_data, batch_size=32):
     """The model inputs of `calibration_data`, as a list of batches.
@@ -24,6 +26,8 @@ def batches(calibration_data, batch_size=32):
     of `batch_size` rows; a tuple `(x, y)` (y ignored); a `tf.data.Dataset`;
     or an iterable of batches (arrays, dicts or `(x, y)` tuples).
     """
+    if not checks.is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
     data = calibration_data
     if isinstance(data, tuple) and len(data) in (1, 2, 3) and not _is_batch_list(data):
         data = data[0]
@@ -42,6 +46,19 @@ def batches(calibration_data, batch_size=32):
             "Argument `calibration_data` must hold at least one batch of model "
             f"inputs. Received: calibration_data={_describe(calibration_data)}"
         )
+    for batch in found:
+        for array in keras.tree.flatten(batch):
+            numeric = np.issubdtype(array.dtype, np.number) or array.dtype == bool
+            if not numeric or array.ndim == 0:
+                raise ValueError(
+                    "Argument `calibration_data` must hold batches of numeric arrays with a "
+                    f"batch axis. Received: an array of dtype {array.dtype} and shape {array.shape}"
+                )
+            if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+                raise ValueError(
+                    "Argument `calibration_data` holds NaN or infinite values "
+                    f"(an array of shape {array.shape})."
+                )
     return found
 
 
@@ -50,7 +67,8 @@ def _is_batch_list(data):
 
 
 def _rows(batch):
-    return len(keras.tree.flatten(batch)[0])
+    leaves = keras.tree.flatten(batch)
+    return len(leaves[0]) if leaves and np.ndim(leaves[0]) else 0
 
 
 def _split(data, batch_size):

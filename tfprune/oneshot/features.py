@@ -92,11 +92,17 @@ def _conv_view(layer):
     identity = np.eye(features, dtype="float32").reshape(shape[:-1] + (features,))
 
     def to_rows(x):
+        x, padding = ops.cast(x, "float32"), layer.padding
+        if padding == "causal":  # Conv1D: the past only, left-padded as the layer does
+            width = layer.dilation_rate[0] * (shape[0] - 1)
+            time = 1 if layer.data_format == "channels_last" else 2
+            x = ops.pad(x, [(width, 0) if axis == time else (0, 0) for axis in range(3)])
+            padding = "valid"
         patches = ops.conv(
-            ops.cast(x, "float32"),
+            x,
             ops.convert_to_tensor(identity),
             strides=layer.strides,
-            padding=layer.padding,
+            padding=padding,
             data_format=layer.data_format,
             dilation_rate=layer.dilation_rate,
         )

@@ -188,11 +188,11 @@ def sparsegpt_in_pieces(
     U = np.linalg.cholesky(np.linalg.inv(H)).T  # H^-1 = U^T U
     width = width or features
     group_at = {start: length for start, length in groups(features, width, m_by_n[1])} if m_by_n else {}
-    Wts = []  # per piece, (outputs, features): rows are outputs
-    for W, _ in pieces:
-        Wt = np.array(W, dtype=np.float64).T
-        Wt[:, dead] = 0.0
-        Wts.append(Wt)
+    # Weights of inputs never active in the calibration data change no output
+    # there: they rank first (score 0) but count in the budget, so counts stay
+    # exact and sparsity 0 changes nothing.
+    live = (~dead).astype(np.float64)
+    Wts = [np.array(W, dtype=np.float64).T for W, _ in pieces]  # (outputs, features)
     for start, end in _blocks(features, block_size, m_by_n, width):
         U1 = U[start:end, start:end]
         d = np.diag(U1)
@@ -202,7 +202,7 @@ def sparsegpt_in_pieces(
         else:
             size = (end - start) * sum(W1.shape[0] for W1 in W1s)
             found = [
-                (W1**2 / d[None, :] ** 2, np.asarray(columns)[:, None] * (end - start)
+                (W1**2 / d[None, :] ** 2 * live[None, start:end], np.asarray(columns)[:, None] * (end - start)
                  + np.arange(end - start)[None, :])
                 for W1, (_, columns) in zip(W1s, pieces)
             ]  # fmt: skip
@@ -217,6 +217,7 @@ def sparsegpt_in_pieces(
                     count = max(0, length - (n_ - m))
                     if count:
                         scores = W1[:, i : i + length] ** 2 / d[None, i : i + length] ** 2
+                        scores = scores * live[None, start + i : start + i + length]
                         order = np.argsort(scores, axis=1, kind="stable")[:, :count]
                         np.put_along_axis(mask[:, i : i + length], order, True, axis=1)
                 w = W1[:, i]
