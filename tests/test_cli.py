@@ -258,6 +258,38 @@ def test_sensitivity_over_coupled_channels_names_merged_groups(rng):
         tfprune.sensitivity(model, x, y, granularity="filter", layers=["out"], verbose=0)
 
 
+def test_sensitivity_rows_are_the_layers_that_own_their_weights(rng):
+    body = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, name="d1"), keras.layers.Dense(8, name="d2")], name="body"
+    )
+    x_in = keras.Input((6,))
+    model = keras.Model(x_in, keras.layers.Dense(4, name="head")(body(x_in)))
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 4, size=16).astype("float32")  # class labels stored as floats
+    result = tfprune.sensitivity(model, x, y, sparsities=(0.5,), verbose=0)
+    assert sorted(result.layers) == ["d1", "d2", "head"]  # not "body" besides its layers
+    assert result.parameters == {"d1": 48, "d2": 64, "head": 32}
+    accuracy = float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+    assert dict(result.curve("head"))[0.0] == accuracy
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"sparsities": ("0.5",)}, TypeError, r"sparsities=\('0.5',\)"),
+        ({"sparsities": (False, 0.5)}, TypeError, r"sparsities=\(False, 0.5\)"),
+        ({"sparsities": 0.5}, TypeError, r"sparsities=0.5"),
+        ({"layers": "h"}, TypeError, r"layers='h'"),
+        ({"y": np.zeros(3)}, ValueError, r"as many rows. Received: 64 rows of x, 3 of y"),
+    ],
+)
+def test_sensitivity_refuses_bad_arguments(rng, kwargs, error, match):
+    model, x, y = _classifier(rng)
+    arguments = {"x": x, "y": y, "verbose": 0, **kwargs}
+    with pytest.raises(error, match=match):
+        tfprune.sensitivity(model, **arguments)
+
+
 def test_sensitivity_allocation_meets_the_overall_target():
     from tfprune.sensitivity import Sensitivity
 
@@ -268,6 +300,9 @@ def test_sensitivity_allocation_meets_the_overall_target():
     assert result.allocate(0.3) == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match="more than the measured sparsities reach"):
         result.allocate(0.95)
+    assert result.allocate(np.float32(0.3)) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="target=False"):
+        result.allocate(False)
 
 
 def test_sensitivity_command_writes_table_csv_plot_and_scope(rng, tmp_path):
@@ -299,6 +334,17 @@ def test_sensitivity_command_refuses_bad_data(tmp_path, capsys):
     )
     assert cli.main(["sensitivity", "m.keras", "--data", str(tmp_path / "none.npz")]) == 2
     assert "no such data file" in capsys.readouterr().err
+
+
+def test_sensitivity_command_refuses_a_scope_of_coupled_groups(rng, tmp_path, capsys):
+    model, x, y = _classifier(rng)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code = cli.main(["sensitivity", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz"),
+                     "--granularity", "filter", "--budget", "0.3", "--scope-out",
+                     str(tmp_path / "s.json"), "--quiet"])  # fmt: skip
+    assert code == 2 and "coupled channel groups, not layers: use --recipe-out" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_schedule_types_match_the_recipes():

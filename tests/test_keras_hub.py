@@ -149,6 +149,21 @@ def test_task_model_keeps_its_class():
     assert_same_predictions(stripped.predict(inputs, verbose=0), pruned.predict(inputs, verbose=0))
 
 
+def test_task_model_filters_and_sensitivity_rows():
+    backbone = BACKBONES["bert"]()
+    task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+    pruned = tfprune.prune(task, None, granularity="filter")  # a graph rebuilt around the backbone
+    assert {w.layer.name for w in wrappers(pruned)} == {"pooled_dense", "logits"}
+    tfprune.update_masks(pruned, 0.5)
+    kernel = to_numpy(pruned.backbone.get_layer("prune_low_magnitude_pooled_dense").layer.kernel)
+    assert (np.abs(kernel).sum(axis=0) == 0).sum() == kernel.shape[1] // 2  # whole filters
+    inputs = _inputs(backbone)
+    result = tfprune.sensitivity(task, inputs, np.array([0, 1, 0, 1]), sparsities=(0.5,), verbose=0)
+    assert sorted(result.layers) == sorted(unit.name for unit in tfprune.layers.prunable_units(task))
+    assert "bert_backbone" not in result.layers  # its layers are the rows, each weight once
+    assert sum(result.parameters.values()) <= sum(int(np.prod(v.shape)) for v in task.trainable_weights)
+
+
 def test_keras_hub_layers_in_a_users_model(tmp_path):
     tokens = keras.Input((SEQUENCE,), dtype="int32")
     h = keras_hub.layers.TokenAndPositionEmbedding(40, SEQUENCE, 8)(tokens)

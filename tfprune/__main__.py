@@ -271,11 +271,18 @@ def sensitivity_command(args):
     model, code = _load(args.model)
     if model is None:
         return code
+    from tfprune import cloning
     from tfprune.sensitivity import sensitivity
 
+    model = _plain(model)
+    if args.scope_out and args.granularity == "filter" and cloning.is_graph_model(model):
+        return _fail(
+            "--scope-out writes a {layer: sparsity} scope, and with --granularity filter the rows "
+            "are coupled channel groups, not layers: use --recipe-out"
+        )
     try:
         result = sensitivity(
-            _plain(model), x, y, sparsities=sparsities, granularity=args.granularity,
+            model, x, y, sparsities=sparsities, granularity=args.granularity,
             verbose=0 if args.quiet else 1,
         )  # fmt: skip
         scope = None if args.budget is None else result.allocate(args.budget)

@@ -659,9 +659,13 @@ def _graph(model):
 
 def _nodes(model):
     graph = _graph(model)
+
+    def call_index(node):  # a node of a model rebuilt around the layer may not be listed
+        inbound = node.operation._inbound_nodes
+        return next((i for i, other in enumerate(inbound) if other is node), len(inbound))
+
     for depth in sorted(graph._nodes_by_depth, reverse=True):
-        nodes = graph._nodes_by_depth[depth]
-        yield from sorted(nodes, key=lambda n: n.operation._inbound_nodes.index(n))
+        yield from sorted(graph._nodes_by_depth[depth], key=call_index)
 
 
 def build(model, layers=None, strict=True):

@@ -274,6 +274,22 @@ def prunable_weights(layer):
     return [(variable, spec) for variable, spec, _ in prunable_weights_with_owners(layer)]
 
 
+def prunable_units(model):
+    """The layers of `model` that own prunable weights as a unit: the top-most
+    built layers with prunable weights (a composite layer, not also its
+    sublayers), nested models followed but not units themselves, each weight
+    in one unit."""
+    claimed, units = set(), []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.Model) or not layer.built:
+            continue
+        ids = {id(variable) for variable, _ in prunable_weights(layer)}
+        if ids and not ids & claimed:
+            units.append(layer)
+        claimed |= ids
+    return units
+
+
 def holder(owner, spec):
     """The layer holding a spec's variable: `owner` for `"kernel"`, the
     `_query_dense` sublayer for `"_query_dense.kernel"`."""

@@ -20,8 +20,12 @@ squared error (higher is better either way).
 sparsities meeting an overall weight sparsity (Distiller's sensitivity-driven
 allocation): every layer takes the largest measured sparsity whose metric
 stays within one tolerance of the dense model's, the tolerance being the
-smallest that reaches the target. The result is a `{layer: sparsity}` scope
-for `tfprune.prune(model, schedule, scope=...)`.
+smallest that reaches the target. Per layer (element granularity, or one
+layer's filters), the result is a `{layer: sparsity}` scope for
+`tfprune.prune(model, schedule, scope=...)`; coupled channel groups
+(`"conv_a+conv_b"`) are not layers: `tfprune.recipes.from_sensitivity(...,
+groups=result.groups)` turns them into a recipe whose `max_sparsity` holds
+each group's producers at its allocation.
 
 Example:
 >>> import numpy as np
@@ -37,7 +41,7 @@ import csv
 import keras
 import numpy as np
 
-from tfprune import cloning, selection
+from tfprune import checks, cloning, selection
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
 
@@ -51,7 +55,9 @@ def measure(model, x, y, batch_size=256):
     y = np.asarray(y)
     if prediction.ndim == 2 and prediction.shape[1] > 1:
         labels = y.argmax(axis=-1) if y.ndim == 2 and y.shape[1] == prediction.shape[1] else y
-        if np.issubdtype(np.asarray(labels).dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and labels.size and np.all(labels == np.round(labels)):
+            labels = labels.astype("int64")  # class labels stored as floats
+        if np.issubdtype(np.asarray(labels).dtype, np.integer) and labels.size == len(prediction):
             return float(np.mean(prediction.argmax(axis=-1) == labels.reshape(-1))), "accuracy"
     return -float(np.mean((prediction.reshape(y.shape) - y) ** 2)), "-mse"
 
@@ -134,7 +140,7 @@ class Sensitivity:
 
     def allocate(self, target):
         """`{layer: sparsity}` reaching `target` overall weight sparsity."""
-        if not isinstance(target, (int, float)) or not 0.0 <= target < 1.0:
+        if not checks.is_number(target) or not 0.0 <= target < 1.0:
             raise ValueError(f"Argument `target` must be in [0, 1). Received: target={target!r}")
         dense = {layer: dict(self.curve(layer)).get(0.0) for layer in self.layers}
         total = sum(self.parameters.values())
@@ -175,16 +181,26 @@ def sensitivity(
         raise ValueError(
             f"Argument `granularity` must be 'element' or 'filter'. Received: granularity={granularity!r}"
         )
-    sparsities = sorted({0.0, *(float(s) for s in sparsities)})
+    given = sparsities
+    if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__") or not all(
+        checks.is_number(s) for s in given
+    ):
+        raise TypeError(
+            f"Argument `sparsities` must be a list of numbers in [0, 1). Received: sparsities={given!r}"
+        )
+    sparsities = sorted({0.0, *(float(s) for s in given)})
     if any(not 0.0 <= s < 1.0 for s in sparsities):
-        raise ValueError(f"Argument `sparsities` must be in [0, 1). Received: sparsities={sparsities!r}")
+        raise ValueError(f"Argument `sparsities` must be in [0, 1). Received: sparsities={given!r}")
+    if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+        raise TypeError(f"Argument `layers` must be a list of layer names. Received: layers={layers!r}")
+    rows_x, rows_y = (len(keras.tree.flatten(data)[0]) for data in (x, y))
+    if rows_x != rows_y:
+        raise ValueError(
+            f"Arguments `x` and `y` must hold as many rows. Received: {rows_x} rows of x, {rows_y} of y"
+        )
     if granularity == "filter" and cloning.is_graph_model(model):
         return _coupled(model, x, y, sparsities, layers, batch_size, verbose)
-    candidates = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if layer.built and layer_specs.prunable_weights(layer)
-    ]
+    candidates = layer_specs.prunable_units(model)  # a nested model's layers, not it too
     if layers is not None:
         names = {layer.name for layer in candidates}
         missing = sorted(set(layers) - names)
