@@ -279,7 +279,9 @@ def test_apoz_from_calibration_data_prunes_dead_channels():
     with pytest.raises(ValueError, match="collect_statistics"):
         tfprune.update_masks(pruned, 1 / 3)
     x = np.random.default_rng(1).normal(size=(40, 5)).astype("float32")
-    tfprune.collect_statistics(pruned, [x[:20], x[20:]])
+    with pytest.raises(ValueError, match=r"steps=True"):
+        tfprune.collect_statistics(pruned, [x[:20], x[20:]], steps=True)
+    tfprune.collect_statistics(pruned, [x[:20], x[20:]], steps=np.int64(2))
     tfprune.update_masks(pruned, 1 / 3)
     bias_mask = to_numpy(wrappers(pruned)[0].pruning_vars[1][1])
     assert bias_mask.tolist() == [True, True, False, True, False, True]
@@ -577,7 +579,28 @@ def test_update_masks_rejects_a_bad_sparsity_and_leaves_masks():
         tfprune.update_masks(pruned, 1.2)
     with pytest.raises(ValueError, match="no schedule"):
         tfprune.update_masks(pruned)
+    for bad in ("0.5", {"conv1": 0.5}):
+        with pytest.raises(TypeError, match=r"`sparsity` must be a float in \[0, 1\). Received: sparsity="):
+            tfprune.update_masks(pruned, bad)
     assert all(m.all() for m in masks_of(pruned).values())
+
+
+def test_a_single_layer_or_a_list_gets_the_checks_a_model_gets():
+    schedule = tfprune.ConstantSparsity(0.5, 0)
+    built = keras.layers.Dense(4, name="a")
+    built.build((None, 3))
+    for kwargs, match in (
+        ({"layers": ["b"]}, r"Argument `layers` names layers not in the layers given: \['b'\]"),
+        ({"max_sparsity": {"zzz": 0.3}}, r"Argument `max_sparsity` names layers not in the layers given"),
+        ({"granularity": "head"}, r"Layer 'a' has no weights this pruner can prune"),
+        ({"scope": {"zzz": 0.3}}, r"Argument `scope` names layers not in the layers given: \['zzz'\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            tfprune.prune(built, schedule, **kwargs)
+        with pytest.raises(ValueError, match=match.replace("Layer 'a' has no", "No layer of 'the list' has")):
+            tfprune.prune([built], schedule, **kwargs)
+    with pytest.raises(TypeError, match=r"Argument `model` must be a keras.Model .*Received: model=<Dense"):
+        tfprune.hold_sparsity(built)
 
 
 def test_scores_and_masks_can_be_read_at_any_step():

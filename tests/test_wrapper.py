@@ -264,6 +264,8 @@ def test_subclassed_model_with_wrapped_layers_in_init():
     assert isinstance(stripped.hidden, keras.layers.Dense)
     assert isinstance(stripped.blocks[0], keras.layers.Dense)
     np.testing.assert_allclose(stripped.predict(x, verbose=0), before, rtol=1e-6, atol=1e-6)
+    # a plain model: no mask constraint left on its kernels
+    assert stripped.hidden.kernel.constraint is None and stripped.blocks[0].kernel.constraint is None
 
 
 def test_nested_models_and_non_prunable_layers():

@@ -15,7 +15,7 @@ Example:
 
 import keras
 
-from tfprune import backend, cloning, graph, masking, scoring, structured, updater
+from tfprune import backend, checks, cloning, graph, masking, scoring, structured, updater
 from tfprune import granularity as granularity_lib
 from tfprune import layers as layer_specs
 from tfprune import schedules as schedules_lib
@@ -134,7 +134,9 @@ def prune(
             `"apoz"`, `"activation_mean"`, or a `tfprune.Criterion`.
         granularity: `"element"`, `"block"`, `"m_by_n"`, `"filter"`,
             `"channel"`, `"row"`, `"column"`, `"head"`, or a `Granularity`.
-            Only layers with weights of that structure are wrapped. On a
+            Only layers with weights of that structure are wrapped (the
+            structures); `"block"` and `"m_by_n"` take every prunable
+            weight, so blocks need rank-2 weights (`layers=` picks them). On a
             Sequential or Functional model, `"filter"` and `"channel"` follow
             the channel dependency graph (`tfprune.structured`): coupled
             channels are masked together across layers, and
@@ -214,9 +216,16 @@ def prune(
     def wrap(layer):
         return PruneLowMagnitude(layer, pruner=pruner)
 
-    if isinstance(to_prune, keras.Model) and cloning.is_graph_model(to_prune):
-        _check_names(to_prune, layers, pruner)
-    if isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model):
+    single = isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model)
+    if single or isinstance(to_prune, (list, tuple)) or cloning.is_graph_model(to_prune):
+        _check_names([to_prune] if single else to_prune, layers, pruner)
+    if single:
+        if not applies_to(to_prune):
+            raise ValueError(
+                f"Layer '{to_prune.name}' has no weights this pruner can prune "
+                f"(granularity={pruner.granularity!r}, layers={layers!r})."
+            )
+        _check_limits(min_sparsity, max_sparsity, {to_prune.name}, "the layers it wraps")
         wrapped = wrap(to_prune)
         updater.bind([wrapped])
         return wrapped
@@ -367,10 +376,22 @@ def _layer_selector(layers):
     return lambda layer: layer.name in names
 
 
-def _check_names(model, layers, pruner):
-    """Names given in `layers` or a per-layer dict must name layers of the model."""
-    known = {layer.name for layer in model._flatten_layers(include_self=False, recursive=True)}
-    known |= {layer.layer.name for layer in collect_prunable_layers(model)}
+def _check_names(target, layers, pruner):
+    """Names given in `layers` or a per-layer dict must name layers of the
+    target: a graph model, or a list of layers."""
+    if isinstance(target, keras.Model):
+        everything = target._flatten_layers(include_self=False, recursive=True)
+        holder = f"model '{target.name}'"
+    else:
+        everything = [
+            inner
+            for layer in target
+            if isinstance(layer, keras.layers.Layer)
+            for inner in layer._flatten_layers(include_self=True, recursive=True)
+        ]
+        holder = "the layers given"
+    known = {layer.name for layer in everything}
+    known |= {layer.layer.name for layer in everything if isinstance(layer, PruneLowMagnitude)}
     named = {}
     if layers is not None and not callable(layers):
         named["layers"] = list(layers)
@@ -383,8 +404,8 @@ def _check_names(model, layers, pruner):
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ValueError(
-                f"Argument `{argument}` names layers that model '{model.name}' does "
-                f"not have: {unknown}. Its layers: {sorted(known)}"
+                f"Argument `{argument}` names layers not in {holder}: {unknown}. "
+                f"Its layers: {sorted(known)}"
             )
 
 
@@ -497,6 +518,11 @@ def hold_sparsity(model):
     >>> bool(keras.ops.convert_to_numpy(held.layers[0].pruning_vars[0][1]).any())
     False
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Argument `model` must be a keras.Model (its layers are wrapped with their "
+            f"non-zero patterns). Received: model={model!r}"
+        )
     held = prune(model, None)
     for wrapper in collect_prunable_layers(held):
         for weight, mask, _ in wrapper.pruning_vars:
@@ -523,7 +549,7 @@ def collect_statistics(model, data, steps=None):
             f"Model '{model.name}' has no pruning wrapper whose criterion uses "
             "activations (criterion='apoz' or 'activation_mean')."
         )
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
+    if steps is not None and (not checks.is_integer(steps) or steps < 1):
         raise ValueError(f"Argument `steps` must be a positive int or None. Received: steps={steps!r}")
     for wrapper in wrappers:
         wrapper._collecting = True
@@ -597,18 +623,16 @@ def _strip_in_place(model):
             continue
         for name, value in backend.attributes(owner):
             if isinstance(value, PruneLowMagnitude):
-                value.apply_mask()
-                _set_attribute(owner, name, value.layer)
+                _set_attribute(owner, name, value.release())
             elif isinstance(value, (list, tuple)) or type(value).__name__ == "TrackedList":
                 for i, item in enumerate(list(value)):
                     if isinstance(item, PruneLowMagnitude) and isinstance(value, list):
-                        item.apply_mask()
-                        value[i] = item.layer
+                        value[i] = item.release()
         layers_list = getattr(owner, "_layers", None)
         if isinstance(layers_list, list):
             for i, item in enumerate(layers_list):
                 if isinstance(item, PruneLowMagnitude):
-                    layers_list[i] = item.layer
+                    layers_list[i] = item.release()
     return model
 
 

@@ -42,7 +42,7 @@ import weakref
 import numpy as np
 from keras import ops
 
-from tfprune import allocation, backend
+from tfprune import allocation, backend, checks
 from tfprune.pruner import assign
 
 
@@ -95,9 +95,9 @@ def update_masks(wrappers, sparsity=None):
     value at each wrapper's current step.
     """
     if sparsity is not None:
-        allocation.per_layer("sparsity", sparsity)  # a float in [0, 1)
-        if isinstance(sparsity, dict):
-            raise TypeError(f"Argument `sparsity` must be a float. Received: sparsity={sparsity!r}")
+        if not checks.is_number(sparsity):
+            raise TypeError(f"Argument `sparsity` must be a float in [0, 1). Received: sparsity={sparsity!r}")
+        allocation.per_layer("sparsity", sparsity)  # in [0, 1)
     bind(wrappers)
     jobs = []
     for pruner, members in groups(wrappers):

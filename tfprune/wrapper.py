@@ -547,6 +547,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         for weight, mask, _ in self.pruning_vars:
             weight.assign(backend.masked_in_place(weight.value, mask.value))
 
+    def release(self):
+        """`apply_mask`, then the weights get their own constraints back: the
+        wrapped layer, returned, is a plain layer again (`strip_pruning` in place)."""
+        self.apply_mask()
+        for weight, _, _ in self.pruning_vars:
+            if isinstance(weight.constraint, _MaskConstraint):
+                weight.constraint = weight.constraint.inner
+        return self.layer
+
     def keep_stored_weights_sparse(self):
         """`apply_mask`, except where masks apply to the forward pass only."""
         if not self.forward_only:
