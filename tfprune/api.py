@@ -13,6 +13,8 @@ Example:
 ['Dense']
 """
 
+import inspect
+
 import keras
 
 from tfprune import backend, checks, cloning, graph, masking, scoring, structured, updater
@@ -263,41 +265,37 @@ def _criterion(criterion, seed):
     return criterion
 
 
-def check_arguments(
-    *,
-    criterion="magnitude",
-    granularity="element",
-    scope="layer",
-    min_sparsity=None,
-    max_sparsity=None,
-    reduction="mean",
-    seed=None,
-    block_size=(1, 1),
-    block_pooling_type="AVG",
-    sparsity_m_by_n=None,
-    budget="channels",
-    round_to=None,
-):
-    """Checks the arguments of `prune` that need no model (a recipe, as it
-    loads); raises what `prune` would. `"filter"` and `"channel"` are taken
-    as coupled channels, as on a Sequential or Functional model.
+def check_arguments(**options):
+    """Checks keyword arguments of `prune` that need no model (a recipe, as
+    it loads), with `prune`'s defaults for the others; raises what `prune`
+    would. `"filter"` and `"channel"` are taken as coupled channels, as on a
+    Sequential or Functional model.
 
     >>> check_arguments(granularity="filter", round_to=0)
     Traceback (most recent call last):
     ...
     ValueError: Argument `round_to` must be a positive int or None. Received: round_to=0
     """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(prune).parameters.items()
+        if parameter.kind == inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"`prune` has no arguments {unknown}. Its options: {sorted(defaults)}")
+    a = {**defaults, **options}
     chosen = _chosen_granularity(
-        granularity in ("filter", "channel"), granularity, scope, reduction, budget, round_to,
-        block_size, block_pooling_type, sparsity_m_by_n,
+        a["granularity"] in ("filter", "channel"), a["granularity"], a["scope"], a["reduction"],
+        a["budget"], a["round_to"], a["block_size"], a["block_pooling_type"], a["sparsity_m_by_n"],
     )  # fmt: skip
     Pruner(
         None,
-        criterion=_criterion(criterion, seed),
+        criterion=_criterion(a["criterion"], a["seed"]),
         granularity=chosen,
-        scope=scope,
-        min_sparsity=min_sparsity,
-        max_sparsity=max_sparsity,
+        scope=a["scope"],
+        min_sparsity=a["min_sparsity"],
+        max_sparsity=a["max_sparsity"],
     )
 
 
