@@ -7,7 +7,7 @@ from conftest import to_numpy
 from helpers import compile_model, data, fit, keep_count, wrappers
 
 import tfprune
-from tfprune import allocation
+from tfprune import allocation, scoring
 from tfprune import granularity as granularity_lib
 
 
@@ -642,3 +642,46 @@ def test_global_taylor_under_xla_multi_step_and_mixed_precision(setting):
     assert all(int(to_numpy(w.pruning_step)) == 8 for w in wrappers(pruned))
     total = sum(m.size for m in masks)
     assert sum(int(m.sum()) for m in masks) == keep_count(total, 0.8)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "movement"])
+def test_an_n_m_pattern_waits_for_the_criterions_statistics(criterion):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu", name="d"),
+                              keras.layers.Dense(3, name="o")])  # fmt: skip
+    pruned = tfprune.prune(model, tfprune.ConstantSparsity(0.5, 0, frequency=1), criterion=criterion,
+                           granularity="m_by_n", layers=["d"])  # fmt: skip
+    compile_model(pruned)
+    x, y = data((8,), n=32, classes=3)
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[tfprune.UpdatePruningStep()])
+    mask = to_numpy(wrappers(pruned)[0].pruning_vars[0][1])
+    assert (mask.reshape(2, 4, 8).sum(axis=1) == 2).all()  # 2 of every 4 inputs, per output
+
+
+def test_an_n_m_group_cut_short_keeps_its_weights_under_signed_scores():
+    from tfprune import masking
+
+    scores = -1 - np.random.default_rng(0).random((6, 3)).astype("float32")  # all below 0
+    keep = to_numpy(masking.MByN(2, 4)(scores, 0.5)[0])
+    assert keep[4:].all() and (keep[:4].sum(axis=0) == 2).all()  # the last group has 2 of 4
+
+
+def test_built_layers_are_checked_when_wrapped_and_criteria_check_their_arguments():
+    conv = keras.layers.Conv2D(4, 3)
+    conv.build((None, 6, 6, 3))
+    for to_prune in (conv, [conv]):
+        with pytest.raises(ValueError, match=r"rank-2"):
+            tfprune.prune(to_prune, tfprune.ConstantSparsity(0.5, 0), granularity="block", block_size=(2, 2))
+    with pytest.raises(ValueError, match=r"`seed` must be >= 0. Received: seed=-1"):
+        tfprune.prune(cnn(), None, criterion="random", seed=-1)
+    with pytest.raises(ValueError, match=r"p=True"):
+        scoring.Magnitude(True)
+    for granularity in ("row", "m_by_n"):  # one score per output channel: all tie
+        with pytest.raises(ValueError, match=r"lie along its inputs"):
+            tfprune.prune(cnn(), None, criterion="apoz", granularity=granularity)
+    with pytest.raises(ValueError, match=r"lie along its inputs"):  # coupled channels score producers
+        tfprune.prune([keras.layers.Dense(3)], None, criterion="apoz", granularity="channel")
+
+
+def test_lamp_scores_tie_equal_weights():
+    scores = to_numpy(allocation.lamp_scores(np.array([[3.0, -1.0], [2.0, 1.0], [1.0, 1.0]], "float32")))
+    np.testing.assert_allclose(scores, [[1.0, 1 / 17], [4 / 13, 1 / 17], [1 / 17, 1 / 17]], rtol=1e-6)

@@ -108,7 +108,9 @@ def lamp_scores(weight):
     squares = ops.reshape(ops.square(ops.cast(weight, "float32")), (-1,))
     order = ops.argsort(squares)  # ascending
     ranked = ops.take(squares, order)
-    at_least = ops.flip(ops.cumsum(ops.flip(ranked, 0)), 0)  # suffix sums
+    suffix = ops.flip(ops.cumsum(ops.flip(ranked, 0)), 0)
+    # Tied weights all count each other: the suffix sum from the first of them.
+    at_least = ops.take(suffix, ops.searchsorted(ranked, ranked, side="left"))
     scores = ops.where(at_least > 0, ranked / ops.maximum(at_least, 1e-30), 0.0)
     inverse = ops.argsort(order)
     return ops.reshape(ops.take(scores, inverse), ops.shape(weight))

@@ -212,7 +212,10 @@ def prune(
         if not selected(layer):
             return False
         if layer_specs.fully_built(layer):
-            return pruner.applies_to(layer)
+            if not pruner.applies_to(layer):
+                return False
+            pruner.check(layer)  # what building its wrapper would raise, raised now
+            return True
         return layer_specs.has_prunable_weights(layer)
 
     def wrap(layer):

@@ -131,7 +131,8 @@ class MByN:
         matrix = ops.reshape(laid_out, (-1, rows[-1]))
         channels = rows[-1]
         groups = -(-channels // self.n)
-        padded = ops.pad(matrix, ((0, 0), (0, groups * self.n - channels)))
+        # Padding ranks last, below any score (signed criteria score below 0).
+        padded = ops.pad(matrix, ((0, 0), (0, groups * self.n - channels)), constant_values=-np.inf)
         grouped = ops.reshape(padded, (-1, groups, self.n, 1))
         others = ops.swapaxes(grouped, 2, 3)
         lower = np.tril(np.ones((self.n, self.n), bool), -1)  # j < i

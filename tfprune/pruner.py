@@ -132,6 +132,15 @@ class Pruner:
                 "pass through, so it takes granularity='filter' or 'channel' on a "
                 f"Sequential or Functional model. Received: granularity={self.granularity!r}"
             )
+        if isinstance(self.criterion, scoring._ChannelStatistic) and isinstance(
+            self.granularity,
+            (granularity_lib.Channel, granularity_lib.Row, granularity_lib.MByNGranularity),
+        ):
+            raise ValueError(
+                f"Criterion {self.criterion!r} scores a layer's output channels, and the units "
+                f"of granularity={self.granularity!r} lie along its inputs: every unit would "
+                "score the same. Use granularity 'element', 'block', 'filter' or 'column'."
+            )
         if isinstance(self.granularity, structured.Coupled) and type(self.scope) not in (
             allocation.LayerWise,
             allocation.Global,
@@ -183,6 +192,14 @@ class Pruner:
     def weights(self, layer):
         """`[(variable, WeightSpec)]` the wrapper of `layer` masks."""
         return self.granularity.weights(layer)
+
+    def check(self, layer):
+        """Raises, for a built `layer`, what building its wrapper would: the
+        granularity's structure and the criterion's needs."""
+        found = self.granularity.weights(layer)
+        weights, specs = [w for w, _ in found], [s for _, s in found]
+        self.granularity.validate(weights, specs)
+        self.criterion.check(weights, specs)
 
     def build_state(self, wrapper, weights, specs):
         """Validates the weights and creates the wrapper's criterion state."""
@@ -236,8 +253,10 @@ class Pruner:
 
     @property
     def _pattern_step(self):
-        """The one step at which an N:M pattern is chosen."""
-        return max(1, int(getattr(self.pruning_schedule, "begin_step", 1)))
+        """The one step at which an N:M pattern is chosen: the schedule's
+        first, once the criterion has the statistics it ranks by."""
+        begin = int(getattr(self.pruning_schedule, "begin_step", 1))
+        return max(1, begin, 1 + self.criterion.steps_before_ready)
 
     def _members_for(self, wrapper):
         """The wrappers to update at this call: itself, or all once per step."""

@@ -21,7 +21,12 @@ Built-in criteria, by name:
 Criteria with history keep accumulators in the pruning wrapper (saved with
 the model). Gradients reach them through a variable that Keras overwrites
 with its raw gradient (`overwrite_with_gradient`), so they work inside plain
-`model.fit` on every backend; they lag by one step. Activation statistics are
+`model.fit` on every backend; they lag by one step: step `t`'s gradient
+`g_t` is scored at step `t + 1`'s call, against the weight that call reads,
+`w_{t+1}` (after the update `g_t` made), so `w` in the sums above is the
+weight one step later (Taylor: `sum |w_{t+1} g_t|`). With SGD that adds
+about `lr * g_t**2` per step to movement's score, small at fine-tuning
+rates; keeping `w_t` would cost a copy of every pruned weight. Activation statistics are
 collected in training calls, or over calibration data with
 `tfprune.collect_statistics(model, data)`.
 
@@ -42,6 +47,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune import checks
 from tfprune.backend import read
 from tfprune.configurable import Configurable
 
@@ -71,6 +77,11 @@ class Criterion(Configurable):
             last); the layer must have a single pruned weight with output
             channels.
         signed: scores may be negative (only their order matters).
+        steps_before_ready: training steps of statistics the criterion
+            needs before its scores can rank at a step's mask update (an
+            N:M pattern, chosen once, is chosen after them): 0 without
+            statistics; 1 for outputs (recorded after the call); 2 for
+            gradients (a step's gradient reaches the next step's call).
         element_score: None, or a module-level function `score(weight)`
             when each score is a function of its own weight only (then a
             mask update computes the scores where it reads them, see
@@ -80,7 +91,12 @@ class Criterion(Configurable):
     needs_gradients = False
     needs_outputs = False
     signed = False
+    steps_before_ready = 0
     element_score = None
+
+    def check(self, weights, specs):
+        """Raises if the criterion cannot score these weights (before `build`)."""
+        del weights, specs
 
     def build(self, add_weight, weights, specs):
         """Creates the criterion's state: returns `{name: variable}`.
@@ -116,9 +132,9 @@ class Magnitude(Criterion):
     """`|w|` for `p=1` (L1), `w**2` for `p=2` (L2)."""
 
     def __init__(self, p=1):
-        if p not in (1, 2):
+        if not checks.is_integer(p) or p not in (1, 2):
             raise ValueError(f"Argument `p` must be 1 or 2. Received: p={p!r}")
-        self.p = p
+        self.p = int(p)
 
     @property
     def element_score(self):
@@ -142,9 +158,11 @@ class Random(Criterion):
     """
 
     def __init__(self, seed=None):
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        if seed is not None and not checks.is_integer(seed):
             raise TypeError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
-        self.seed = seed
+        if seed is not None and seed < 0:
+            raise ValueError(f"Argument `seed` must be >= 0. Received: seed={seed!r}")
+        self.seed = None if seed is None else int(seed)
 
     def build(self, add_weight, weights, specs):
         seed = self.seed if self.seed is not None else int(np.random.randint(2**31 - 1))
@@ -168,6 +186,7 @@ class _Accumulated(Criterion):
     """Scores accumulated from gradients: `acc += step_score(w, grad)`."""
 
     needs_gradients = True
+    steps_before_ready = 2
     resets = True
 
     def build(self, add_weight, weights, specs):
@@ -228,8 +247,9 @@ class _ChannelStatistic(Criterion):
     """
 
     needs_outputs = True
+    steps_before_ready = 1
 
-    def build(self, add_weight, weights, specs):
+    def check(self, weights, specs):
         sizes = {
             None if s.out_axis is None else w.shape[s.out_axis] for w, s in zip(weights, specs)
         }
@@ -240,7 +260,10 @@ class _ChannelStatistic(Criterion):
                 f"kernel). Received weights {[s.path for s in specs]} with output "
                 f"sizes {sorted(sizes, key=str)}"
             )
-        (channels,) = sizes
+        return sizes.pop()
+
+    def build(self, add_weight, weights, specs):
+        channels = self.check(weights, specs)
         return {
             "total": add_weight("activation_total", (channels,), "zeros"),
             "count": add_weight("activation_count", (), "zeros"),
