@@ -149,7 +149,8 @@ def prune(
         layers: names of the layers to prune, or a function `layer -> bool`
             (default: every layer with prunable weights). Layers already
             wrapped keep their pruner, so several calls give different
-            layers different pruners.
+            layers different pruners (not on a KerasHub model, which is
+            copied from its constructor's arguments: one call).
         pruning_policy: a `PruningPolicy`, as in `prune_low_magnitude`.
         min_sparsity: a float or `{layer name: float}`: the least a layer is
             pruned.
@@ -460,6 +461,7 @@ def _wrap(to_prune, wrap, applies_to, pruning_policy, function):
             )
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
+        _check_rebuildable(to_prune)
         layer_specs.check_interpretable(_unwrapped_layers(to_prune))
 
         def replace(copy, layer):
@@ -472,6 +474,22 @@ def _wrap(to_prune, wrap, applies_to, pruning_policy, function):
         "layers, or a Sequential or Functional keras.Model. Received: "
         f"to_prune={to_prune!r} of type {type(to_prune).__name__}"
     )
+
+
+def _check_rebuildable(model):
+    """A model copied from its constructor's arguments (a KerasHub backbone or
+    task) cannot carry the wrappers it holds into the copy: refused, instead
+    of silently dropping them."""
+    for inner in [model, *model._flatten_layers(include_self=False, recursive=True)]:
+        if not (isinstance(inner, keras.Model) and cloning.keeps_its_class(inner)):
+            continue
+        held = [op.name for op in cloning.graph_operations(inner) if isinstance(op, PruneLowMagnitude)]
+        if held:
+            raise ValueError(
+                f"Model '{inner.name}' ({type(inner).__name__}) is copied from its constructor's "
+                f"arguments, which cannot hold the pruning wrappers it has ({held[:3]}...): prune "
+                "all its layers in one call, or `tfprune.strip_pruning` it first."
+            )
 
 
 def update_masks(model, sparsity=None):

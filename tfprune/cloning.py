@@ -33,6 +33,7 @@ import contextlib
 import keras
 from keras import tree
 from keras.src.models.functional import Functional
+from keras.src.ops.node import KerasHistory
 from keras.src.saving import serialization_lib
 
 __all__ = ["copy_model", "copy_weights", "graph_operations", "is_graph_model"]
@@ -43,7 +44,7 @@ def is_graph_model(model):
     return isinstance(model, (keras.Sequential, Functional))
 
 
-def _keeps_its_class(model):
+def keeps_its_class(model):
     """A Functional subclass whose config is its constructor's arguments."""
     return (
         isinstance(model, Functional)
@@ -177,7 +178,7 @@ class _Rewriter:
         self.cache = {}
 
     def rewrite(self, model):
-        if _keeps_its_class(model):
+        if keeps_its_class(model):
             if self.copies:
                 model = _fresh_copy(model, self.weights_source)
                 return _Rewriter(self.replace, self.weights_source, False).rewrite(model)
@@ -186,7 +187,7 @@ class _Rewriter:
             id(op): self.rewrite_operation(op, frozen=id(op) in frozen)
             for op in graph_operations(model)
         }
-        if _keeps_its_class(model):
+        if keeps_its_class(model):
             return _swap_in_place(model, new)
         if isinstance(model, keras.Sequential):
             first = model._layers[0] if model._layers else None
@@ -280,6 +281,18 @@ def _fresh_copy(model, weights_source):
     return fresh
 
 
+def _adopt_nodes(replacement, op):
+    """Makes `replacement` the operation of `op`'s nodes, as a call would:
+    its inbound and outbound nodes, and the history of their output tensors
+    (so a new model can be built on the swapped model's tensors)."""
+    replacement._inbound_nodes = list(op._inbound_nodes)
+    replacement._outbound_nodes = list(op._outbound_nodes)
+    for index, node in enumerate(replacement._inbound_nodes):
+        node.operation = replacement
+        for position, tensor in enumerate(node.outputs):
+            tensor._keras_history = KerasHistory(replacement, index, position)
+
+
 def _swap_in_place(model, new):
     """Puts each `new[id(op)]` in the place of `op` in `model`'s graph."""
     for op in graph_operations(model):
@@ -290,6 +303,7 @@ def _swap_in_place(model, new):
             for node in nodes:
                 if node.operation is op:
                     node.operation = replacement
+        _adopt_nodes(replacement, op)
         model._operations[model._operations.index(op)] = replacement
         layers = model._layers
         for i, layer in enumerate(layers):

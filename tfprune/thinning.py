@@ -207,7 +207,7 @@ def _check_graph_model(model, argument="model"):
 
 def _check_model(model):
     _check_graph_model(model)
-    if isinstance(model, Functional) and cloning._keeps_its_class(model):
+    if isinstance(model, Functional) and cloning.keeps_its_class(model):
         raise ValueError(
             f"Model '{model.name}' of type {type(model).__name__} is built from its own "
             "constructor arguments, which cannot say that a layer has fewer channels; "
