@@ -401,3 +401,16 @@ def test_numpy_numbers_are_numbers_and_l0_penalty_checks_its_arguments():
         l0.L0Penalty(1.0, 0)
     with pytest.raises(ValueError, match=r"granularity=\['filter'\]"):
         GroupLasso(0.1, granularity=["filter"])
+
+
+def test_soft_threshold_after_a_fit_that_raised_steps_once():
+    # Keras calls no on_train_end when fit raises: the next SoftThreshold
+    # takes the weights' own constraint back instead of stacking a second step.
+    model, reg = _l1_model()
+    model.compile(keras.optimizers.SGD(1.0), "mse")
+    interrupted = tfprune.SoftThreshold()
+    interrupted.set_model(model)
+    interrupted.on_train_begin()  # ... and the fit stopped there
+    _zero_data_fit(model, [tfprune.SoftThreshold()])  # 6 updates of one proximal step each
+    np.testing.assert_allclose(to_numpy(model.layers[0].kernel), 0.5 - 6 * 0.01, rtol=0, atol=1e-6)
+    assert model.layers[0].kernel.constraint is None and model.layers[0].kernel.regularizer is reg

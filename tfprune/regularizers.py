@@ -324,10 +324,11 @@ class SoftThreshold(keras.callbacks.Callback):
         for variable, regularizer in regularized_variables(self.model):
             if id(variable) in masked:
                 continue  # the pruning mask wins
-            self._installed.append((variable, regularizer, variable.constraint))
-            variable.constraint = _ProximalStep(
-                regularizer, self.model.optimizer, variable.constraint
-            )
+            constraint = variable.constraint
+            while isinstance(constraint, _ProximalStep):  # left by a fit that raised
+                constraint = constraint.inner
+            self._installed.append((variable, regularizer, constraint))
+            variable.constraint = _ProximalStep(regularizer, self.model.optimizer, constraint)
             variable.regularizer = ReportedOnly(regularizer)
         # The compiled step reads constraints and losses when traced.
         self.model.train_function = None
