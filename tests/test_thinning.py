@@ -542,3 +542,23 @@ def test_a_group_with_every_channel_zero_keeps_one_without_a_warning(rng):
     assert [note["reason"] for note in plan.kept] == [thinning.KEEPS_ONE]
     x = rng.normal(size=(3, 4)).astype("float32")
     np.testing.assert_allclose(to_numpy(small(x)), to_numpy(model(x)), atol=1e-6)
+
+
+@graph_logic
+def test_a_layer_keeps_a_channel_when_its_group_keeps_others(rng):
+    """A concatenation joined to another tensor by a residual add: one group
+    of two layers' channels, and one layer's may all go."""
+    x = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(x)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(x)
+    c = keras.layers.Conv2D(8, 3, padding="same", name="c")(x)
+    h = keras.layers.Add()([keras.layers.Concatenate()([a, b]), c])
+    model = keras.Model(x, keras.layers.Conv2D(2, 1, name="d")(h))
+    model.get_layer("a").kernel.assign(model.get_layer("a").kernel * 0.01)  # a's filters rank last
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert sizes(small)["a"] == 1 and sizes(small)["b"] == 4 and sizes(small)["c"] == 5
+    assert_same_outputs(pruned, small, rng.normal(size=(2, 8, 8, 3)).astype("float32"))
+    with pytest.raises(ValueError, match=r"removes every channel of layer 'a' \(filters\)"):
+        tfprune.apply_plan(model, tfprune.Plan({"a": {"out": [0, 1, 2, 3]}, "c": {"out": [0, 1, 2, 3]}}))

@@ -151,6 +151,9 @@ def removable_units(structure, dead=None):
     candidates = structure.prunable | _unselected_but_free(structure)
     remove = candidates & ~read
     notes = []
+    for units in _resized_units(structure):  # a layer keeps at least one channel
+        if len(units) and remove[units].all():
+            remove[units[0]] = False
     for g in structure.groups:
         units = g.units
         if remove[units].all():  # a tensor keeps at least one channel
@@ -169,6 +172,12 @@ def removable_units(structure, dead=None):
                 }
             )
     return remove, notes
+
+
+def _resized_units(structure):
+    """The units of each resized layer setting (a layer's `filters`, `units`,
+    ...): one group can hold several layers, joined by a concatenation."""
+    return [units for entries in structure.resizes.values() for _, units in entries]
 
 
 def _unselected_but_free(structure):
@@ -365,6 +374,13 @@ def apply_plan(model, plan):
                 f"Argument `plan` removes every channel of {', '.join(map(repr, group.producers))}; "
                 f"{KEEPS_ONE}. Received: plan={plan!r}"
             )
+    for layer, entries in structure.resizes.items():
+        for key, units in entries:
+            if len(units) and not keep[units].any():
+                raise ValueError(
+                    f"Argument `plan` removes every channel of layer '{layer}' ({key}); a layer "
+                    f"keeps at least one. Received: plan={plan!r}"
+                )
     fixed = [u for u in np.flatnonzero(~keep) if u in structure.fixed_by]
     if fixed:
         raise ValueError(
