@@ -464,3 +464,60 @@ def test_inspect_xnnpack_says_which_layer_breaks_which_condition(tmp_path, capsy
     assert text.startswith("XNNPACK sparse inference for 'mini_mobilenet': no (2 of 4 conditions fail)")
     assert "pw_1: 1x1 conv with 0.0% zeros, needs > 66.7%" in text
     assert "stem conv1: stride 1; needs a 3x3 stride-2 Conv2D on 3 input channels" in text
+
+
+def test_outputs_and_data_are_checked_before_any_work(rng, tmp_path, capsys):
+    model, x, y = _classifier(rng)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    np.savez(tmp_path / "short.npz", x=x, y=y[:10])
+    np.savez(tmp_path / "shape.npz", x=x[:, :5], y=y)
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("granularity: filter\n", ""))
+    (tmp_path / "folder.tflite").mkdir()
+    m, d = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
+    cases = [
+        (["strip", m, "--out", str(tmp_path / "plain")], "must end in .keras or .h5"),
+        (["strip", m, "--out", str(tmp_path / "no" / "p.keras")], "no such directory"),
+        (["export", m, "--format", "tflite", "--out", str(tmp_path / "folder.tflite")], "is a directory"),
+        (["prune", m, "--data", d, "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")],
+         "must end in .keras or .h5"),
+        (["prune", m, "--data", str(tmp_path / "short.npz"), "--recipe", str(tmp_path / "r.yaml"),
+          "--out", str(tmp_path / "o.keras")], "'x' has 64 rows and 'y' 10"),
+        (["sensitivity", m, "--data", d, "--scope-out", str(tmp_path / "s.json")], "give --budget"),
+        (["sensitivity", m, "--data", d, "--csv", str(tmp_path / "no" / "s.csv")], "--csv"),
+        (["schedule", "agp", "--final-sparsity", "0.9", "--plot", str(tmp_path / "no" / "c.png")],
+         "--plot"),
+        (["schedule", "polynomial", "--initial-sparsity", "0", "--final-sparsity", "0.9", "--begin-step", "0", "--end-step", "9",
+          "--frequency", "1", "--power", "nan"], "`power` must be a finite number > 0"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert cli.main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "d.npz", "folder.tflite", "m.keras", "r.yaml", "shape.npz", "short.npz"
+    ]  # nothing written
+    assert cli.main(["sensitivity", m, "--data", str(tmp_path / "shape.npz"), "--quiet"]) == 2
+    err = capsys.readouterr().err  # the cause, not Keras's header line
+    assert "Exception encountered" not in err and "shape" in err, err
+
+
+def test_prune_command_takes_a_model_that_still_holds_wrappers(rng, tmp_path, capsys):
+    model, x, y = _classifier(rng)
+    pruned = tfprune.prune_low_magnitude(model, tfprune.ConstantSparsity(0.5, 0))
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.save(tmp_path / "wrapped.keras")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("granularity: filter\n", ""))
+    code = cli.main(["prune", str(tmp_path / "wrapped.keras"), "--data", str(tmp_path / "d.npz"),
+                     "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o.keras"), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "o.keras").exists()
+
+
+def test_recipes_and_schedules_refuse_non_finite_numbers():
+    with pytest.raises(recipes.RecipeError, match=r"`learning_rate` must be a finite number > 0"):
+        recipes.Recipe.from_config({"pruners": {"p": {"schedule": {"type": "constant", "target_sparsity": 0.5, "begin_step": 0}}},
+                                    "training": {"learning_rate": float("nan")}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"power=nan"):
+        tfprune.PolynomialDecay(0.0, 0.9, 0, 100, power=float("nan"))

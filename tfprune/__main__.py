@@ -10,7 +10,10 @@
 """
 
 import argparse
+import contextlib
+import io
 import os
+import re
 import sys
 
 # The schedule types of `tfprune.recipes.SCHEDULES` (named here so that
@@ -30,6 +33,26 @@ def _quiet():
 def _fail(message):
     print(f"tfprune: error: {message}", file=sys.stderr)
     return 2
+
+
+def _message(error):
+    """The line of an exception's text that says what went wrong (Keras puts
+    a header first, and colour codes)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered")]
+    return lines[0] if lines else type(error).__name__
+
+
+def _output_problem(path, flag="--out", suffixes=None):
+    """Why `path` cannot be written (checked before any work), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"{flag} {path}: no such directory {folder}"
+    if os.path.isdir(path) and suffixes is not None:
+        return f"{flag} {path} is a directory"
+    if suffixes and not path.endswith(suffixes):
+        return f"{flag} {path} must end in {' or '.join(suffixes)}"
+    return None
 
 
 def _load(path):
@@ -56,7 +79,7 @@ def inspect(args):
         try:
             report = xnnpack_report(model)
         except ValueError as error:  # a subclassed or unbuilt model
-            return _fail(str(error).splitlines()[0])
+            return _fail(_message(error))
         print(report.format(args.format))
         return 0
     from tfprune import sparsity
@@ -157,14 +180,17 @@ def _plot_schedule(schedule, points, steps, path):
 
 
 def schedule_command(args):
+    problem = args.plot and _output_problem(args.plot, "--plot", suffixes=())
+    if problem:
+        return _fail(problem)
     try:
         schedule = _schedule_from(args)
         steps = _horizon(schedule, args.steps)
         points = schedule_table(schedule, steps)
         if args.plot:
             _plot_schedule(schedule, points, steps, args.plot)
-    except (ValueError, TypeError) as error:
-        return _fail(str(error).splitlines()[0])
+    except (ValueError, TypeError, OSError) as error:
+        return _fail(_message(error))
     print(f"{schedule!r}: {len(points)} mask updates in training steps 1..{steps}")
     print(f"{'step':>8}  sparsity")
     for step, value in points:
@@ -196,12 +222,28 @@ def _plain(model):
     return thinning.plain(model)  # wrappers stripped (masks applied), gates folded
 
 
+_KERAS_FILES = (".keras", ".h5")
+
+
+def _save(model, path):
+    """Saves `model`; the error message when it cannot, else None."""
+    try:
+        model.save(path)
+    except (OSError, ValueError) as error:
+        return f"cannot write {path}: {_message(error)}"
+    return None
+
+
 def strip_command(args):
+    problem = _output_problem(args.out, suffixes=_KERAS_FILES)
+    if problem:
+        return _fail(problem)
     model, code = _load(args.model)
     if model is None:
         return code
-    plain = _plain(model)
-    plain.save(args.out)
+    problem = _save(_plain(model), args.out)
+    if problem:
+        return _fail(problem)
     raw, zipped = _sizes(args.out)
     print(f"{args.out}: {raw} bytes, gzip {zipped} bytes")
     return 0
@@ -210,25 +252,41 @@ def strip_command(args):
 def export_command(args):
     if args.sparse and args.format != "tflite":
         return _fail("--sparse applies to --format tflite (TFLite's sparse weight encoding)")
+    problem = _output_problem(
+        args.out, suffixes={"keras": _KERAS_FILES, "tflite": ()}.get(args.format)
+    )
+    if problem:
+        return _fail(problem)
+    import keras
+
+    if args.format != "keras" and keras.backend.backend() == "torch":
+        return _fail(f"--format {args.format} needs the TensorFlow or JAX backend (KERAS_BACKEND)")
     model, code = _load(args.model)
     if model is None:
         return code
     plain = _plain(model)
-    try:
-        if args.format == "keras":
-            plain.save(args.out)
-        elif args.format == "savedmodel":
-            plain.export(args.out, format="tf_saved_model", verbose=False)
-        else:
-            import tensorflow as tf
+    if args.format == "keras":
+        problem = _save(plain, args.out)
+        if problem:
+            return _fail(problem)
+    else:
+        try:
+            if args.format == "savedmodel":
+                plain.export(args.out, format="tf_saved_model", verbose=False)
+            else:
+                import tensorflow as tf
 
-            converter = tf.lite.TFLiteConverter.from_keras_model(plain)
-            if args.sparse:
-                converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-            with open(args.out, "wb") as f:
-                f.write(converter.convert())
-    except ImportError as error:
-        return _fail(f"--format {args.format} needs TensorFlow: {error}")
+                converter = tf.lite.TFLiteConverter.from_keras_model(plain)
+                if args.sparse:
+                    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+                with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the signature
+                    flat = converter.convert()
+                with open(args.out, "wb") as f:  # written once converted: no empty file
+                    f.write(flat)
+        except ImportError as error:
+            return _fail(f"--format {args.format} needs TensorFlow: {error}")
+        except Exception as error:
+            return _fail(f"cannot export {args.model} as {args.format}: {_message(error)}")
     raw, zipped = _sizes(args.out)
     print(f"{args.out}: {raw} bytes, gzip {zipped} bytes")
     return 0
@@ -250,7 +308,11 @@ def _load_data(path):
         raise ValueError(f"{path} lacks {' and '.join(repr(k) for k in missing)} (has {sorted(keys)})")
     if ("x_val" in keys) != ("y_val" in keys):
         raise ValueError(f"{path} has one of 'x_val' and 'y_val' without the other")
-    return {key: data[key] for key in ("x", "y", "x_val", "y_val") if key in keys}
+    found = {key: data[key] for key in ("x", "y", "x_val", "y_val") if key in keys}
+    for x, y in (("x", "y"), ("x_val", "y_val")):
+        if x in found and len(found[x]) != len(found[y]):
+            raise ValueError(f"{path}: '{x}' has {len(found[x])} rows and '{y}' {len(found[y])}")
+    return found
 
 
 def _evaluation(data):
@@ -263,6 +325,13 @@ def _evaluation(data):
 def sensitivity_command(args):
     import json
 
+    if (args.scope_out or args.recipe_out) and args.budget is None:
+        return _fail("--scope-out and --recipe-out write an allocation: give --budget")
+    for flag in ("csv", "plot", "scope_out", "recipe_out"):
+        path = getattr(args, flag)
+        problem = path and _output_problem(path, f"--{flag.replace('_', '-')}", suffixes=())
+        if problem:
+            return _fail(problem)
     try:
         x, y = _evaluation(_load_data(args.data))
         sparsities = [float(s) for s in args.sparsities.split(",")]
@@ -287,58 +356,68 @@ def sensitivity_command(args):
         )  # fmt: skip
         scope = None if args.budget is None else result.allocate(args.budget)
     except ValueError as error:
-        return _fail(str(error).splitlines()[0])
+        return _fail(_message(error))
     print(result.table())
-    if args.csv:
-        result.to_csv(args.csv)
-        print(f"csv: {args.csv}")
-    if args.plot:
-        result.plot(args.plot)
-        print(f"plot: {args.plot}")
-    if scope is not None:
-        print(f"per-layer sparsities for {args.budget:.0%} overall: {scope}")
-        if args.scope_out:
-            with open(args.scope_out, "w") as f:
-                json.dump(scope, f, indent=1)
-            print(f"scope: {args.scope_out}")
-        if args.recipe_out:
-            from tfprune import recipes
+    try:
+        if args.csv:
+            result.to_csv(args.csv)
+            print(f"csv: {args.csv}")
+        if args.plot:
+            result.plot(args.plot)
+            print(f"plot: {args.plot}")
+        if scope is not None:
+            print(f"per-layer sparsities for {args.budget:.0%} overall: {scope}")
+            if args.scope_out:
+                with open(args.scope_out, "w") as f:
+                    json.dump(scope, f, indent=1)
+                print(f"scope: {args.scope_out}")
+            if args.recipe_out:
+                from tfprune import recipes
 
-            recipe = recipes.from_sensitivity(scope, args.budget, args.granularity, result.groups)
-            recipe.save(args.recipe_out)
-            print(f"recipe: {args.recipe_out}")
+                recipe = recipes.from_sensitivity(scope, args.budget, args.granularity, result.groups)
+                recipe.save(args.recipe_out)
+                print(f"recipe: {args.recipe_out}")
+    except OSError as error:
+        return _fail(f"cannot write: {_message(error)}")
     return 0
 
 
 def prune_command(args):
     from tfprune import recipes, sparsity
 
+    problem = _output_problem(args.out, suffixes=_KERAS_FILES)
+    if problem:
+        return _fail(problem)
     try:
         data = _load_data(args.data)
         recipe = recipes.load(args.recipe)
     except ValueError as error:
-        return _fail(str(error).splitlines()[0])
+        return _fail(_message(error))
     model, code = _load(args.model)
     if model is None:
         return code
     from tfprune.sensitivity import measure
 
     x, y = _evaluation(data)
-    plain = _plain(model)
-    before, name = measure(plain, x, y)
+    plain = _plain(model)  # wrappers a saved model still holds: stripped, masks applied
+    if getattr(model, "compiled", False) and not getattr(plain, "compiled", False):
+        plain.compile_from_config(model.get_compile_config())  # the loss the recipe may take
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
     try:
+        before, name = measure(plain, x, y)
         result, _ = recipe.run(
-            model, data["x"], data["y"], validation_data=validation, verbose=0 if args.quiet else 2
+            plain, data["x"], data["y"], validation_data=validation, verbose=0 if args.quiet else 2
         )
+        after, _ = measure(result, x, y)
     except ValueError as error:
-        return _fail(str(error).splitlines()[0])
-    after, _ = measure(result, x, y)
+        return _fail(_message(error))
     print(sparsity.format_table(sparsity.sparsity_table(result), "table"))
     on = "validation" if validation else "training"
     print(f"{name} on the {on} data: {before:.4f} before, {after:.4f} after")
     print(f"parameters: {plain.count_params()} before, {result.count_params()} after")
-    result.save(args.out)
+    problem = _save(result, args.out)
+    if problem:
+        return _fail(problem)
     raw, zipped = _sizes(args.out)
     print(f"{args.out}: {raw} bytes, gzip {zipped} bytes")
     return 0
@@ -361,7 +440,8 @@ def main(argv=None):
         "inspect",
         help="sparsity table of a saved .keras model",
         description="Per weight: shape, parameters, non-zeros, element sparsity, zero "
-        "filters/channels/rows; totals and the file's size raw and gzip. Pruning "
+        "filters/channels/rows; totals and the plain model's .keras size (no optimizer state), raw "
+        "and gzip. Pruning "
         "wrappers are stripped and L0 gates folded first.",
     )
     inspect_parser.add_argument("model", help="a .keras file")
@@ -449,7 +529,7 @@ def main(argv=None):
         try:
             demo.main(**options)
         except ValueError as error:
-            return _fail(str(error).splitlines()[0])
+            return _fail(_message(error))
         return 0
     if args.command == "inspect":
         return inspect(args)

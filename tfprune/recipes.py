@@ -63,6 +63,8 @@ import re
 
 import keras
 
+from tfprune import checks
+
 # Schedule types by their short names, with the arguments each takes.
 SCHEDULES = {
     "constant": ("ConstantSparsity", ("target_sparsity", "begin_step", "end_step", "frequency")),
@@ -265,6 +267,9 @@ class Recipe:
             value = training.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 _fail("training", f"`{key}` must be a positive integer. Received: {key}={value!r}")
+        rate = training.get("learning_rate", 1.0)
+        if not checks.is_finite_number(rate) or rate <= 0:
+            _fail("training", f"`learning_rate` must be a finite number > 0. Received: learning_rate={rate!r}")
         thin = config.get("thin", False)
         if not isinstance(thin, bool):
             _fail("thin", f"must be true or false. Received: thin={thin!r}")

@@ -369,8 +369,8 @@ class PolynomialDecay(_RangeSchedule):
                 f"Received: end_step={end_step}, begin_step={begin_step}"
             )
         power = _check_number("power", power)
-        if power <= 0:
-            raise ValueError(f"Argument `power` must be > 0. Received: power={power}")
+        if not power > 0 or power == float("inf"):  # NaN fails `> 0`
+            raise ValueError(f"Argument `power` must be a finite number > 0. Received: power={power}")
         self.initial_sparsity = float(initial_sparsity)
         self.final_sparsity = float(final_sparsity)
         self.begin_step = int(begin_step)

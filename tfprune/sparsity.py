@@ -95,5 +95,8 @@ def format_table(table, fmt="table"):
     lines.append("-" * len(header))
     lines.append(f"{'total':<40}{'':>16}{t['parameters']:>10}{t['nonzeros']:>10}{t['sparsity']:>10.2%}")
     if "keras_bytes" in t:
-        lines.append(f".keras size: {t['keras_bytes']} bytes, gzip {t['keras_gzip_bytes']} bytes")
+        lines.append(
+            f".keras size of the plain model (no optimizer state): {t['keras_bytes']} bytes, "
+            f"gzip {t['keras_gzip_bytes']} bytes"
+        )
     return "\n".join(lines)
