@@ -521,3 +521,11 @@ def test_recipes_and_schedules_refuse_non_finite_numbers():
                                     "training": {"learning_rate": float("nan")}})  # fmt: skip
     with pytest.raises(ValueError, match=r"power=nan"):
         tfprune.PolynomialDecay(0.0, 0.9, 0, 100, power=float("nan"))
+
+
+def test_table_names_weights_by_their_layers_however_they_were_copied():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="dense1"),
+                              keras.layers.Dense(3, name="logits")])  # fmt: skip
+    for variant in (model, tfprune.add_l0_gates(model, seed=0)):  # gates folded: layers copied
+        names = [r["weight"] for r in sparsity.sparsity_table(variant)["rows"]]
+        assert names == ["dense1/kernel", "dense1/bias", "logits/kernel", "logits/bias"]

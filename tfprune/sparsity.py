@@ -47,7 +47,7 @@ def sparsity_table(model, sizes=False):
         rank = value.ndim
         rows.append(
             {
-                "weight": variable.path,
+                "weight": variable.path.removeprefix(f"{plain.name}/"),  # as built alone or inside
                 "shape": list(value.shape),
                 "parameters": int(value.size),
                 "nonzeros": int(np.count_nonzero(value)),
