@@ -392,8 +392,7 @@ def _check_names(target, layers, pruner):
             for inner in layer._flatten_layers(include_self=True, recursive=True)
         ]
         holder = "the layers given"
-    known = {layer.name for layer in everything}
-    known |= {layer.layer.name for layer in everything if isinstance(layer, PruneLowMagnitude)}
+    known = {layer.name for layer in everything}  # a wrapper's layer is flattened too
     named = {}
     if layers is not None and not callable(layers):
         named["layers"] = list(layers)

@@ -193,17 +193,20 @@ class Pruner:
         """`[(variable, WeightSpec)]` the wrapper of `layer` masks."""
         return self.granularity.weights(layer)
 
-    def check(self, layer):
-        """Raises, for a built `layer`, what building its wrapper would: the
-        granularity's structure and the criterion's needs."""
-        found = self.granularity.weights(layer)
-        weights, specs = [w for w, _ in found], [s for _, s in found]
+    def validate(self, weights, specs):
+        """Raises if the granularity's structure or the criterion's needs do
+        not fit these weights."""
         self.granularity.validate(weights, specs)
         self.criterion.check(weights, specs)
 
+    def check(self, layer):
+        """Raises, for a built `layer`, what building its wrapper would."""
+        found = self.granularity.weights(layer)
+        self.validate([w for w, _ in found], [s for _, s in found])
+
     def build_state(self, wrapper, weights, specs):
         """Validates the weights and creates the wrapper's criterion state."""
-        self.granularity.validate(weights, specs)
+        self.validate(weights, specs)
 
         def add_weight(name, shape, initializer):
             return wrapper.add_weight(

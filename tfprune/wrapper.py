@@ -296,7 +296,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             return
         layer_specs.check_interpretable([self.layer])
         weights = self.pruner.weights(self.layer)
-        self.pruner.granularity.validate([w for w, _ in weights], [s for _, s in weights])
+        self.pruner.validate([w for w, _ in weights], [s for _, s in weights])
         pruning_vars = []
         for variable, spec in weights:
             mask = self.add_weight(
