@@ -100,7 +100,10 @@ def worker(cfg):
     models = {}
     for variant in cfg["variants"]:
         keras.utils.set_random_seed(0)
-        app = {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2}
+        app = {
+            "resnet50": keras.applications.ResNet50,
+            "mobilenetv2": keras.applications.MobileNetV2,
+        }
         model = app[cfg["model"]](input_shape=shape, weights=None, classes=10)
         if variant != "dense":
             schedule = tfprune.ConstantSparsity(0.9, 0, frequency=100)
@@ -133,7 +136,9 @@ def worker(cfg):
         timer = StepTimer()
         timer.times = []
         callbacks = [] if variant == "dense" else [tfprune.UpdatePruningStep()]
-        models[variant].fit(x, y, batch_size=8, verbose=0, shuffle=False, callbacks=callbacks + [timer])
+        models[variant].fit(
+            x, y, batch_size=8, verbose=0, shuffle=False, callbacks=callbacks + [timer]
+        )
         return statistics.median(timer.times) * 1000
 
     for variant in cfg["variants"]:  # tracing, and the mask update of step 1
@@ -159,13 +164,21 @@ def main():
     if args.worker:
         return worker(json.loads(args.worker))
     variants = [v for v in args.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS)) or ([] if "dense" in variants else ["(dense missing)"])
+    unknown = sorted(set(variants) - set(VARIANTS)) or (
+        [] if "dense" in variants else ["(dense missing)"]
+    )
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; of {', '.join(VARIANTS)} with dense")
     cfg = dict(
-        model=args.model, rounds=args.rounds, steps=args.steps, variants=variants, threads=args.threads
+        model=args.model,
+        rounds=args.rounds,
+        steps=args.steps,
+        variants=variants,
+        threads=args.threads,
     )
-    result = C.run_worker(__file__, "constraint", args.model, cfg, "tfprune", "tensorflow", timeout=3600)
+    result = C.run_worker(
+        __file__, "constraint", args.model, cfg, "tfprune", "tensorflow", timeout=3600
+    )
     if "error" in result:
         raise SystemExit(1)
     rows = []
