@@ -55,6 +55,7 @@ Example:
 ['prune_low_magnitude_d']
 """
 
+import contextlib
 import inspect
 import json
 import math
@@ -102,6 +103,18 @@ def _fail(where, message):
     raise RecipeError(f"recipe: {where}: {message}" if where else f"recipe: {message}")
 
 
+@contextlib.contextmanager
+def _located(where):
+    """Turns a `ValueError`/`TypeError` raised inside into a `RecipeError`
+    naming the entry `where`, with the error's first line."""
+    try:
+        yield
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"recipe: {where}: {str(error).splitlines()[0]}") from error
+
+
 def _mapping(value, where):
     if not isinstance(value, dict):
         _fail(where, f"must be a mapping. Received: {value!r}")
@@ -134,10 +147,8 @@ def schedule_from_config(config, steps_per_epoch=None, where="schedule", check_o
 
     config = _mapping(config, where)
     if "class_name" in config:  # a Keras-serialized schedule
-        try:
+        with _located(where):
             return schedules.get(config)
-        except (ValueError, TypeError) as error:
-            _fail(where, str(error).splitlines()[0])
     config = dict(config)
     name = config.pop("type", None)
     if name not in SCHEDULES:
@@ -171,10 +182,8 @@ def schedule_from_config(config, steps_per_epoch=None, where="schedule", check_o
             values[key] = int(value)
     if check_only and steps_per_epoch is None and set(config) & set(_IN_EPOCHS):
         return None
-    try:
+    with _located(where):
         return getattr(schedules, class_name)(**values)
-    except (ValueError, TypeError) as error:
-        _fail(where, str(error).splitlines()[0])
 
 
 def read_mapping(path, kind="recipe"):
@@ -384,12 +393,10 @@ class Recipe:
                     f"layer {taken[0]!r} is already pruned by {owners[taken[0]]} (its channels "
                     "are coupled to the layers that pruner names); a layer has one pruner",
                 )
-            try:
+            with _located(where):
                 model = api.prune(
                     model, schedules[name], layers=names[where], **_pruner_options(entry, where)
                 )
-            except (ValueError, TypeError) as error:
-                _fail(where, str(error).splitlines()[0])
             wrapped = {wrapper.layer.name for wrapper in collect_prunable_layers(model)}
             lost = sorted(set(owners) - wrapped)
             if lost:  # a model rebuilt from its constructor arguments keeps one pruner's wrappers
@@ -405,10 +412,8 @@ class Recipe:
             if entry["type"] != "l0":
                 where = f"regularizers.{name}"
                 self._made[name] = _make_regularizer(entry, where)
-                try:
+                with _located(where):
                     regularize(model, self._made[name], layers=names.get(where))
-                except ValueError as error:
-                    _fail(where, str(error).splitlines()[0])
         return model
 
     def callbacks(self, steps_per_epoch=None):
@@ -505,10 +510,8 @@ def _pruner_options(entry, where, check_only=False):
 
     options = {k: _tuples(v) for k, v in entry.items() if k not in ("layers", "schedule")}
     if check_only:
-        try:
+        with _located(where):
             api.check_arguments(**options)
-        except (ValueError, TypeError) as error:
-            _fail(where, str(error).splitlines()[0])
     return options
 
 
@@ -521,10 +524,8 @@ def _l0_options(entry, where):
         "droprate_init": entry.get("droprate_init", 0.5),
         "seed": entry.get("seed"),
     }
-    try:
+    with _located(where):
         l0.check_gate_arguments(temperature=l0.BETA, **options)
-    except (ValueError, TypeError) as error:
-        _fail(where, str(error).splitlines()[0])
     return options
 
 
@@ -575,7 +576,7 @@ def _make_regularizer(entry, where):
     from tfprune import regularizers
 
     strength = entry.get("strength", 1e-4)
-    try:
+    with _located(where):
         if entry["type"] == "l1":
             return regularizers.L1(strength)
         if entry["type"] == "group_lasso":
@@ -583,8 +584,6 @@ def _make_regularizer(entry, where):
         from tfprune.l0 import L0Penalty
 
         return L0Penalty(strength)
-    except (ValueError, TypeError) as error:
-        _fail(where, str(error).splitlines()[0])
 
 
 def from_sensitivity(scope, target, granularity="element", groups=None, epochs=3):
