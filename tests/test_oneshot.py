@@ -260,6 +260,25 @@ def test_calibration_data_forms():
         calibration.batches(np.array([["a"], ["b"]]))
 
 
+def test_a_list_of_single_examples_is_stacked_into_batches():
+    X = correlated_inputs(n=40)
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(12, name="a"), keras.layers.Dense(5, name="b")])
+    want = tfprune.oneshot(model, X, sparsity=0.5, method="sparsegpt", batch_size=16, verbose=0)
+    for rows in ([row for row in X], X.astype("float64").tolist()):
+        got = tfprune.oneshot(model, rows, sparsity=0.5, method="sparsegpt", batch_size=16, verbose=0)
+        for name in "ab":
+            np.testing.assert_array_equal(kernel_of(got, name) == 0, kernel_of(want, name) == 0)
+    assert [b.shape for b in calibration.batches(list(X), batch_size=16, model=model)] == [(16, 32), (16, 32), (8, 32)]
+    # a list of batches stays a list of batches
+    assert [b.shape for b in calibration.batches([X[:30], X[30:]], model=model)] == [(30, 32), (10, 32)]
+    with pytest.raises(ValueError, match=r"calibration_data.* single examples .*pad them to one shape"):
+        calibration.batches([X[0], X[1, :16]], model=model)
+    before = kernel_of(model, "a")
+    with pytest.raises(ValueError, match="calibration_data"):
+        tfprune.oneshot(model, [X[0], X[1, :16]], sparsity=0.5, inplace=True, verbose=0)
+    np.testing.assert_array_equal(kernel_of(model, "a"), before)
+
+
 def test_a_failure_part_way_leaves_the_model_as_it_was():
     X = correlated_inputs()
     X[:, 1] = X[:, 0]  # a singular X^T X: no Cholesky without dampening
@@ -358,6 +377,12 @@ def test_tiny_keras_hub_decoder_is_pruned_in_every_transformer_layer():
     }
     pruned = tfprune.oneshot(backbone, data, sparsity=0.5, method="sparsegpt", verbose=0)
     assert type(pruned) is type(backbone)
+    # the same texts one by one, as a tokenizer returns them
+    texts = [{name: array[i] for name, array in data.items()} for i in range(16)]
+    one_by_one = tfprune.oneshot(backbone, texts, sparsity=0.5, method="wanda", verbose=0)
+    by_batch = tfprune.oneshot(backbone, data, sparsity=0.5, method="wanda", verbose=0)
+    for a, b in zip(one_by_one.weights, by_batch.weights):
+        np.testing.assert_array_equal(to_numpy(a) == 0, to_numpy(b) == 0)
     seen = 0
     for block in pruned.transformer_layers:
         for layer in block._flatten_layers(include_self=False, recursive=True):

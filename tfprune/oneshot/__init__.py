@@ -49,8 +49,9 @@ def oneshot(
         model: a built Keras model (Sequential, Functional, KerasHub backbones
             and task models; any model with `inplace=True`).
         calibration_data: model inputs: a NumPy array or dict of arrays, a
-            tuple `(x, y)` (y ignored), a `tf.data.Dataset`, or an iterable of
-            batches.
+            tuple `(x, y)` (y ignored), a `tf.data.Dataset`, an iterable of
+            batches, or a list of single examples (one axis short of the
+            model's inputs), stacked into batches.
         sparsity: fraction of each layer's weights set to zero, in [0, 1).
         method: `"magnitude"`, `"wanda"` or `"sparsegpt"`.
         sparsity_m_by_n: `(m, n)`, e.g. `(2, 4)`: `m` zeros in every `n`
@@ -78,7 +79,7 @@ def oneshot(
             f"have. Received: scope='owl', sparsity_m_by_n={sparsity_m_by_n!r}"
         )
     _check_owl(owl, scope)
-    data = calibration.batches(calibration_data, batch_size)
+    data = calibration.batches(calibration_data, batch_size, model)
     if not inplace:
         if not cloning.is_graph_model(model):
             raise ValueError(

@@ -19,18 +19,24 @@ from keras import ops
 from tfprune import checks
 
 
-def batches(calibration_data, batch_size=32):
+def batches(calibration_data, batch_size=32, model=None):
     """The model inputs of `calibration_data`, as a list of batches.
 
     Accepts a NumPy array (or a dict of arrays) of inputs, split into batches
     of `batch_size` rows; a tuple `(x, y)` (y ignored); a `tf.data.Dataset`;
-    or an iterable of batches (arrays, dicts or `(x, y)` tuples).
+    or an iterable of batches (arrays, dicts or `(x, y)` tuples). Given the
+    `model`, a list of single examples (arrays, nested lists of numbers or
+    dicts, each one axis short of the model's inputs: the token ids of one
+    text) is stacked and split as one array.
     """
     if not checks.is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
     data = calibration_data
     if isinstance(data, tuple) and len(data) in (1, 2, 3) and not _is_batch_list(data):
         data = data[0]
+    rows = _stacked_rows(data, _input_ranks(model))
+    if rows is not None:
+        data = rows
     if isinstance(data, (np.ndarray, dict)) or hasattr(data, "shape"):
         found = _split(data, batch_size)
     elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes)):
@@ -60,6 +66,40 @@ def batches(calibration_data, batch_size=32):
                     f"(an array of shape {array.shape})."
                 )
     return found
+
+
+def _input_ranks(model):
+    """The ranks of a model's inputs (batch axis included), if all are equal."""
+    try:
+        inputs = keras.tree.flatten(model.inputs) if model is not None else []
+    except (AttributeError, ValueError):  # a subclassed model: inputs unknown
+        return None
+    ranks = {len(tensor.shape) for tensor in inputs}
+    return ranks.pop() if len(ranks) == 1 else None
+
+
+def _stacked_rows(data, rank):
+    """`data` stacked along a new batch axis if it is a list of single
+    examples of `rank - 1` axes; None if it is not."""
+    if rank is None or not isinstance(data, list) or not data:
+        return None
+    rows = []
+    for item in data:
+        try:
+            row = keras.tree.map_structure(np.asarray, item) if isinstance(item, dict) else np.asarray(item)
+        except ValueError:  # a ragged nested list
+            return None
+        leaves = keras.tree.flatten(row)
+        if not leaves or any(leaf.dtype == object or leaf.ndim != rank - 1 for leaf in leaves):
+            return None
+        rows.append(row)
+    try:
+        return keras.tree.map_structure(lambda *leaves: np.stack(leaves), *rows)
+    except ValueError as error:
+        raise ValueError(
+            "Argument `calibration_data` is a list of single examples that cannot be stacked "
+            f"into one batch (pad them to one shape): {error}"
+        ) from None
 
 
 def _is_batch_list(data):
