@@ -299,7 +299,10 @@ class SoftThreshold(keras.callbacks.Callback):
     gets its regularizer's proximal step as a constraint (inside the compiled
     step, every backend), and its penalty is reported in the loss without a
     gradient. After training, `masks` holds each weight's zero pattern
-    (elements for L1, groups for group lasso), by variable path.
+    (elements for L1, groups for group lasso), by variable path. Keras calls
+    no `on_train_end` when `fit` raises (an interrupt): the proximal steps
+    then stay on the weights until the next `fit` with a `SoftThreshold`,
+    which takes them off before putting its own on (one step per update).
 
     Example:
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
