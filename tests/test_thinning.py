@@ -371,6 +371,17 @@ def test_a_flops_or_parameter_budget_removes_that_fraction(budget):
 
 
 @graph_logic
+@pytest.mark.parametrize("budget", ["flops", "params"])
+def test_a_budget_beyond_reach_removes_every_removable_channel(budget):
+    # Input, output and the first layer's inputs stay: 99% cannot be reached.
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, name="a"),
+                              keras.layers.Dense(16, name="b"), keras.layers.Dense(2, name="out")])  # fmt: skip
+    pruned = tfprune.prune(model, None, granularity="filter", budget=budget)
+    tfprune.update_masks(pruned, 0.99)
+    assert sizes(tfprune.thin(pruned)) == {"a": 1, "b": 1, "out": 2}  # each group keeps its best
+
+
+@graph_logic
 def test_a_budget_with_round_to_counts_the_rounded_channels():
     model = zoo()
     pruned = tfprune.prune(model, None, granularity="filter", budget="flops", round_to=4)

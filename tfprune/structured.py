@@ -423,7 +423,8 @@ def select(binding, scores, sparsity, per_layer):
 def _keep_by_cost(binding, scores, removable, sparsity, permitted=None):
     """Removes the lowest-scoring units until the cost falls to `1 - sparsity`
     of the full cost: a binary search on the score threshold's bit pattern.
-    Units outside `permitted` (a boolean vector) are removed first."""
+    Units outside `permitted` (a boolean vector) are removed first; a target
+    no removal reaches removes every removable unit."""
     bits = ops.view(ops.cast(scores, "float32"), "int32")
     target = 1.0 - ops.cast(sparsity, "float32")
 
@@ -438,7 +439,11 @@ def _keep_by_cost(binding, scores, removable, sparsity, permitted=None):
     for bit in range(30, -1, -1):
         candidate = ops.bitwise_or(below, 1 << bit)
         below = ops.where(enough(candidate), below, candidate)
-    threshold = ops.where(enough(ops.convert_to_tensor(0, "int32")), 0, below + 1)
+    # A target beyond reach (the channels that must stay cost more) leaves
+    # `below` at the top: every removable unit goes, as close as it gets.
+    top = np.int32(2**31 - 1)
+    above = ops.minimum(below, top - 1) + 1
+    threshold = ops.where(enough(ops.convert_to_tensor(0, "int32")), 0, above)
     return keep_at(threshold)
 
 
