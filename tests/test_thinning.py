@@ -501,6 +501,39 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
 
 
 @graph_logic
+def test_convnext_layer_scale_thins_with_its_channels(rng):
+    from keras.src.applications.convnext import ConvNeXt  # the generic builder of ConvNeXtTiny...
+
+    model = ConvNeXt(depths=[1, 1, 1, 1], projection_dims=[8, 16, 24, 32], default_size=32,
+                     input_shape=(32, 32, 3), weights=None, classifier_activation=None,
+                     layer_scale_init_value=0.5)  # fmt: skip
+    x = rng.normal(loc=100.0, scale=50.0, size=(4, 32, 32, 3)).astype("float32")
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, x)
+    # the 4x expansions lose half; LayerNormalization keeps the residual stream
+    assert sizes(small)["convnext_stage_3_block_0_pointwise_conv_1"] == 64
+    scales = [layer for layer in small.layers if type(layer).__name__ == "LayerScale"]
+    assert [layer.projection_dim for layer in scales] == [8, 16, 24, 32]
+    assert tfprune.count_params(small) == small.count_params() < model.count_params()
+    # between two convolutions its factors go with the channels
+    from keras.src.applications.convnext import LayerScale
+
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, name="c1")(inputs)
+    h = LayerScale(0.5, 8, name="scale")(h)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="c2")(keras.layers.ReLU()(h)))
+    model.get_layer("scale").gamma.assign(rng.uniform(0.5, 1.5, size=8).astype("float32"))
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, x[:, :8, :8])
+    assert small.get_layer("scale").projection_dim == 4 and small.get_layer("c1").filters == 4
+    assert tfprune.count_params(small) == small.count_params()
+
+
+@graph_logic
 def test_nested_models_thin_inside_and_frozen_ones_keep_their_channels(rng):
     inner_x = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(8, 3, padding="same", name="base_conv")(inner_x)

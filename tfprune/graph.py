@@ -535,6 +535,18 @@ def prelu(b, layer, node, inputs):
     return [s]
 
 
+def layer_scale(b, layer, node, inputs):
+    """A learned factor per channel, `x * gamma` (ConvNeXt's LayerScale)."""
+    s = inputs[0]
+    if tuple(layer.gamma.shape) != (len(s),):
+        return fixed_channels(b, layer, node, inputs)
+    b.member(layer, "gamma", 0, s, "write")
+    b.resize(layer, "projection_dim", s)
+    if b.params_once(layer):
+        b.cost(layer, "params", 1, s)
+    return [s]
+
+
 _UNARY_OPS = {
     "Relu", "Relu6", "Sigmoid", "Silu", "Swish", "HardSigmoid", "HardSilu", "HardSwish",
     "Gelu", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign", "Tanh", "Abs", "Negative",
@@ -609,6 +621,14 @@ for _name in (
 ):  # fmt: skip
     if hasattr(L, _name):
         RULES[getattr(L, _name)] = passthrough
+
+
+try:  # keras.applications.ConvNeXt's layer (Keras does not export the class)
+    from keras.src.applications.convnext import LayerScale as _ConvNeXtLayerScale
+
+    RULES[_ConvNeXtLayerScale] = layer_scale
+except ImportError:  # pragma: no cover (another Keras layout)
+    pass
 
 
 def register(layer_class, rule):
