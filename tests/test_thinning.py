@@ -501,7 +501,7 @@ def test_keras_applications_thin_to_half_and_load_without_tfprune(rng, tmp_path)
 
 
 @graph_logic
-def test_convnext_layer_scale_thins_with_its_channels(rng):
+def test_layers_of_keras_applications_models_thin(rng):
     from keras.src.applications.convnext import ConvNeXt  # the generic builder of ConvNeXtTiny...
 
     model = ConvNeXt(depths=[1, 1, 1, 1], projection_dims=[8, 16, 24, 32], default_size=32,
@@ -531,6 +531,19 @@ def test_convnext_layer_scale_thins_with_its_channels(rng):
     assert_same_outputs(pruned, small, x[:, :8, :8])
     assert small.get_layer("scale").projection_dim == 4 and small.get_layer("c1").filters == 4
     assert tfprune.count_params(small) == small.count_params()
+    # InceptionResNetV2's residual `x + scale * r` couples its two inputs as an Add
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(8, 1, name="a")(inputs)
+    r = keras.layers.Conv2D(8, 3, padding="same", name="r")(a)
+    h = keras.layers.ReLU()(CustomScaleLayer(0.2, name="residual")([a, r]))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="c2")(h))
+    pruned = tfprune.prune(model, None, granularity="filter")
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert_same_outputs(pruned, small, x[:, :8, :8])
+    assert small.get_layer("a").filters == small.get_layer("r").filters == 4
 
 
 @graph_logic

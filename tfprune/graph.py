@@ -43,6 +43,7 @@ Example:
 """
 
 import dataclasses
+import importlib
 import math
 
 import keras
@@ -623,12 +624,18 @@ for _name in (
         RULES[getattr(L, _name)] = passthrough
 
 
-try:  # keras.applications.ConvNeXt's layer (Keras does not export the class)
-    from keras.src.applications.convnext import LayerScale as _ConvNeXtLayerScale
-
-    RULES[_ConvNeXtLayerScale] = layer_scale
-except ImportError:  # pragma: no cover (another Keras layout)
-    pass
+# Layers of keras.applications models that Keras does not export: ConvNeXt's
+# `x * gamma`, and InceptionResNetV2's residual `x + scale * r` (a scalar).
+for _module, _name, _rule in (
+    ("convnext", "LayerScale", layer_scale),
+    ("inception_resnet_v2", "CustomScaleLayer", merge),
+):
+    try:
+        _class = getattr(importlib.import_module(f"keras.src.applications.{_module}"), _name)
+    except (ImportError, AttributeError):  # pragma: no cover (another Keras layout)
+        continue
+    if isinstance(_class, type):
+        RULES[_class] = _rule
 
 
 def register(layer_class, rule):
