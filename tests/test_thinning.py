@@ -151,8 +151,7 @@ def test_masked_model_equals_the_thinned_one_for_every_rule(rng, granularity):
     assert_same_outputs(small, fresh, x, atol=0)
 
 
-@graph_logic
-def test_sequence_models_thin_units_and_heads(rng):
+def sequence_model():
     tokens = keras.Input((6,), dtype="int32")
     h = keras.layers.Embedding(20, 16, name="embed")(tokens)
     h = keras.layers.LSTM(12, return_sequences=True, name="lstm")(h)
@@ -161,7 +160,42 @@ def test_sequence_models_thin_units_and_heads(rng):
     a = keras.layers.MultiHeadAttention(num_heads=4, key_dim=4, name="mha")(q, q)
     h = keras.layers.Add()([q, a])
     h = keras.layers.GlobalAveragePooling1D()(h)
-    model = keras.Model(tokens, keras.layers.Dense(3, name="out")(h))
+    return keras.Model(tokens, keras.layers.Dense(3, name="out")(h))
+
+
+def prelu_model():
+    """PReLU with a slope per channel and per element, on convs and Dense."""
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(x)
+    h = keras.layers.PReLU(shared_axes=[1, 2], name="shared")(h)
+    h = keras.layers.Conv2D(6, 3, name="c2")(h)
+    h = keras.layers.PReLU(name="per_element")(h)  # a slope per pixel and channel
+    h = keras.layers.Dense(5, name="d")(keras.layers.Flatten()(h))
+    h = keras.layers.PReLU(name="per_unit")(h)
+    return keras.Model(x, keras.layers.Dense(2, name="out")(h))
+
+
+@graph_logic
+@pytest.mark.parametrize("build", [zoo, sequence_model, prelu_model])
+def test_the_cost_polynomial_predicts_the_thinned_counts(rng, build):
+    # Budgets choose channels by the predicted counts: each rule must count
+    # every weight and FLOP its layer loses with a channel.
+    model = build()
+    structure = graph.build(model)
+    assert structure.count("params") == model.count_params()
+    for _ in range(3):
+        remove = structure.prunable & (rng.random(structure.size) < 0.5)
+        for units in [g.units for g in structure.groups] + thinning._resized_units(structure):
+            if len(units) and remove[units].all():
+                remove[units[0]] = False
+        small = thinning.apply_keep(model, structure, ~remove)
+        assert structure.count("params", ~remove) == small.count_params() < model.count_params()
+        assert structure.count("flops", ~remove) == tfprune.count_flops(small)
+
+
+@graph_logic
+def test_sequence_models_thin_units_and_heads(rng):
+    model = sequence_model()
     x = rng.integers(0, 20, size=(8, 6)).astype("int32")
     pruned = tfprune.prune(model, None, granularity="filter")
     tfprune.update_masks(pruned, 0.5)

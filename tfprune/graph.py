@@ -533,6 +533,8 @@ def prelu(b, layer, node, inputs):
     if layer.alpha.shape[-1] != len(s):
         return fixed_channels(b, layer, node, inputs)
     b.member(layer, "alpha", -1, s, "write")
+    if b.params_once(layer):
+        b.cost(layer, "params", math.prod(layer.alpha.shape[:-1]), s)
     return [s]
 
 
