@@ -515,6 +515,10 @@ def update_masks(model, sparsity=None):
     if isinstance(model, keras.Model) and cloning.is_graph_model(model):
         updater.bind(wrappers)
         structured.bind_model(model, wrappers)
+    if sparsity is not None:
+        for pruner in {id(w.pruner): w.pruner for w in wrappers}.values():
+            if getattr(pruner, "binding", None) is not None:
+                structured.warn_if_out_of_reach(pruner.binding, sparsity, "sparsity")
     updater.update_masks(wrappers, sparsity)
     for wrapper in wrappers:
         wrapper.keep_stored_weights_sparse()

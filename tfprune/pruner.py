@@ -42,14 +42,6 @@ except ImportError:  # pragma: no cover
 SelectionInfo = collections.namedtuple("SelectionInfo", ["layer", "shape", "size"])
 
 
-def final_sparsity(schedule):
-    """The sparsity a built-in schedule ends at (None if it does not say)."""
-    for name in ("final_sparsity", "target_sparsity"):
-        if hasattr(schedule, name):
-            return float(getattr(schedule, name))
-    return None
-
-
 @keras.saving.register_keras_serializable(package="tfprune")
 class Pruner:
     """Which weights are pruned, how many and when, for one model.
@@ -173,7 +165,7 @@ class Pruner:
         if (
             isinstance(self.scope, allocation.Explicit)
             and self.pruning_schedule is not None
-            and not final_sparsity(self.pruning_schedule)
+            and not schedules_lib.final_sparsity(self.pruning_schedule)
         ):
             raise ValueError(
                 "A `{layer name: sparsity}` scope follows the schedule's shape up to "
@@ -406,7 +398,8 @@ class Pruner:
         if kind == "ranking":
             keeps, threshold = self._select_globally(units, infos, sparsity)
             return keeps, [threshold] * len(units), []
-        final = None if self.pruning_schedule is None else final_sparsity(self.pruning_schedule)
+        schedule = self.pruning_schedule
+        final = None if schedule is None else schedules_lib.final_sparsity(schedule)
         keeps, thresholds = [], []
         for u, info, s in zip(units, infos, self.scope.sparsities(infos, sparsity, final)):
             s = self._capped(s, info.layer)

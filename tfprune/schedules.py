@@ -98,6 +98,14 @@ def _to_step(step):
     return ops.convert_to_tensor(step)
 
 
+def final_sparsity(schedule):
+    """The sparsity a built-in schedule ends at (None if it does not say)."""
+    for name in ("final_sparsity", "target_sparsity"):
+        if hasattr(schedule, name):
+            return float(getattr(schedule, name))
+    return None
+
+
 class PruningSchedule:
     """Base class of pruning schedules: `step -> (should_prune, sparsity)`.
 

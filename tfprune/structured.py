@@ -37,6 +37,7 @@ Example:
 """
 
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -45,6 +46,7 @@ from keras import ops
 from tfprune import backend, selection
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
+from tfprune import schedules as schedules_lib
 from tfprune.granularity import Granularity, _check_reduction
 
 BUDGETS = ("channels", "flops", "params")
@@ -254,6 +256,33 @@ class Binding:
         return ops.sum(coef * ops.take(counts, self.cost_a) * ops.take(counts, self.cost_b))
 
 
+    def least_cost(self):
+        """The smallest fraction of the budget's cost a selection reaches:
+        every eligible unit removed but each group's best (or what its
+        `max_sparsity` keeps), rounded up to `round_to`."""
+        keep = ~self.eligible
+        for start, stop, eligible, _, _, high in self.groups:
+            count = 1 if high is None else selection.keep_count(eligible, high)
+            keep[np.flatnonzero(self.eligible[start:stop])[:count] + start] = True
+        return float(ops.convert_to_numpy(self.cost(keep)))
+
+
+def warn_if_out_of_reach(binding, sparsity, source, stacklevel=2):
+    """Warns when a FLOPs/params `sparsity` asks for more than removing every
+    removable unit gives (`source` names where the sparsity came from)."""
+    if binding.budget == "channels" or sparsity is None:
+        return
+    least = binding.least_cost()
+    if 1.0 - float(sparsity) < least - 1e-6:
+        warnings.warn(
+            f"budget={binding.budget!r} cannot reach {source}={float(sparsity):g}: removing "
+            f"every removable channel leaves {least:.1%} of the model's {binding.budget} "
+            "(the channels that must stay: model inputs and outputs, layers left out, each "
+            "group's best, `max_sparsity`). Pruning removes every removable channel instead.",
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _cap(value, producers, pick):
     if value is None:
         return None
@@ -270,6 +299,9 @@ def bind(pruner, model):
     pruner.binding = Binding(
         structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped
     )
+    schedule = pruner.pruning_schedule
+    final = None if schedule is None else schedules_lib.final_sparsity(schedule)
+    warn_if_out_of_reach(pruner.binding, final, "the schedule's final sparsity", 4)
     return pruner.binding
 
 
