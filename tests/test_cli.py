@@ -305,6 +305,25 @@ def test_sensitivity_allocation_meets_the_overall_target():
         result.allocate(False)
 
 
+def test_sensitivity_allocation_shares_flat_curves_evenly():
+    # An accuracy on few rows often does not move: every drop is 0, and every
+    # layer could take its sparsest measurement (75% for a 50% target).
+    from tfprune.sensitivity import Sensitivity
+
+    rows = [(name, s, 0.5) for name in ("a", "b") for s in (0.0, 0.25, 0.5, 0.75)]
+    result = Sensitivity(rows, {"a": 100, "b": 300}, "filter")
+    assert result.allocate(0.5) == {"a": 0.5, "b": 0.5}
+    # rounds of one step each, the larger layer first: 25% each, then b to 50%
+    assert result.allocate(0.3) == {"a": 0.25, "b": 0.5}
+    # a tolerance moves only the layers it lets go further, from the allocation below it
+    rows = [("a", 0.0, 1.0), ("a", 0.5, 1.0), ("a", 0.9, 1.0),
+            ("b", 0.0, 1.0), ("b", 0.3, 0.98), ("b", 0.6, 0.98), ("b", 0.9, 0.9)]  # fmt: skip
+    result = Sensitivity(rows, {"a": 100, "b": 100}, "element")
+    assert result.allocate(0.45) == {"a": 0.9, "b": 0.0}
+    assert result.allocate(0.55) == {"a": 0.9, "b": 0.3}  # not b's 0.6, within the same tolerance
+    assert result.allocate(0.8) == {"a": 0.9, "b": 0.9}
+
+
 def test_sensitivity_command_writes_table_csv_plot_and_scope(rng, tmp_path):
     model, x, y = _classifier(rng)
     model.save(tmp_path / "m.keras")

@@ -139,28 +139,53 @@ class Sensitivity:
         plt.close(fig)
 
     def allocate(self, target):
-        """`{layer: sparsity}` reaching `target` overall weight sparsity."""
+        """`{layer: sparsity}` reaching `target` overall weight sparsity.
+
+        The smallest common tolerance `t` of the dense metric that reaches
+        the target decides which measured sparsities each layer may take
+        (those within `t`); from the allocation of the tolerance below it, the
+        layers `t` lets further go up one measured sparsity at a time (least
+        drop first, then most weights), in rounds, until the target is
+        reached. Flat curves (a coarse metric) share the target evenly
+        instead of all taking their sparsest measurement.
+        """
         if not checks.is_number(target) or not 0.0 <= target < 1.0:
             raise ValueError(f"Argument `target` must be in [0, 1). Received: target={target!r}")
         dense = {layer: dict(self.curve(layer)).get(0.0) for layer in self.layers}
         total = sum(self.parameters.values())
         drops = sorted({max(dense[layer] - m, 0.0) for layer, _, m in self.rows})
 
-        def choice(tolerance):
-            return {
-                layer: max(s for s, m in self.curve(layer) if dense[layer] - m <= tolerance)
-                for layer in self.layers
-            }
+        def within(layer, tolerance):  # [(sparsity, drop)] the tolerance allows
+            curve = [(s, dense[layer] - m) for s, m in self.curve(layer)]
+            return sorted((s, d) for s, d in curve if d <= tolerance)
 
+        def reached(chosen):
+            removed = sum(chosen[name] * self.parameters[name] for name in chosen) / total
+            return removed >= target - 1e-9
+
+        start = {layer: 0.0 for layer in self.layers}
         for tolerance in drops:
-            chosen = choice(tolerance)
-            reached = sum(chosen[name] * self.parameters[name] for name in chosen) / total
-            if reached >= target - 1e-9:
-                return chosen
-        raise ValueError(
-            f"Argument `target` ({target}) is more than the measured sparsities reach "
-            f"({max(s for _, s, _ in self.rows)} for every layer)."
-        )
+            if reached({layer: within(layer, tolerance)[-1][0] for layer in self.layers}):
+                break
+            start = {layer: within(layer, tolerance)[-1][0] for layer in self.layers}
+        else:
+            raise ValueError(
+                f"Argument `target` ({target}) is more than the measured sparsities reach "
+                f"({max(s for _, s, _ in self.rows)} for every layer)."
+            )
+        steps = {  # the sparsities above the start the tolerance allows, with their drops
+            layer: [(s, d) for s, d in within(layer, tolerance) if s > start[layer]]
+            for layer in self.layers
+        }
+        chosen = dict(start)
+        while not reached(chosen):
+            movers = [layer for layer in self.layers if steps[layer]]
+            movers.sort(key=lambda layer: (steps[layer][0][1], -self.parameters[layer]))
+            for layer in movers:
+                chosen[layer] = steps[layer].pop(0)[0]
+                if reached(chosen):
+                    break
+        return chosen
 
 
 def sensitivity(
