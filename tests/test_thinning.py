@@ -421,8 +421,9 @@ def test_a_budget_beyond_reach_removes_every_removable_channel(budget):
         tfprune.update_masks(pruned, 0.99)
     assert sizes(tfprune.thin(pruned)) == {"a": 1, "b": 1, "out": 2}  # each group keeps its best
     schedule = tfprune.ConstantSparsity(0.98, 0)
-    with pytest.warns(UserWarning, match="cannot reach the schedule's final sparsity=0.98"):
+    with pytest.warns(UserWarning, match="cannot reach the schedule's final sparsity=0.98") as seen:
         tfprune.prune(model, schedule, granularity="filter", budget=budget)
+    assert seen[0].filename == __file__  # the user's line, not the library's
 
 
 @graph_logic

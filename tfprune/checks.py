@@ -23,3 +23,17 @@ def is_number(value):
 def is_finite_number(value):
     """A real number that is neither infinite nor NaN."""
     return is_number(value) and math.isfinite(value)
+
+
+def warn_user(message):
+    """`warnings.warn(message)` attributed to the first caller outside tfprune
+    (its file and line), however deep in the library the warning is raised."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)

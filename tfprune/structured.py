@@ -37,13 +37,12 @@ Example:
 """
 
 import numbers
-import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from tfprune import backend, selection
+from tfprune import backend, checks, selection
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
 from tfprune import schedules as schedules_lib
@@ -267,19 +266,18 @@ class Binding:
         return float(ops.convert_to_numpy(self.cost(keep)))
 
 
-def warn_if_out_of_reach(binding, sparsity, source, stacklevel=2):
+def warn_if_out_of_reach(binding, sparsity, source):
     """Warns when a FLOPs/params `sparsity` asks for more than removing every
     removable unit gives (`source` names where the sparsity came from)."""
     if binding.budget == "channels" or sparsity is None:
         return
     least = binding.least_cost()
     if 1.0 - float(sparsity) < least - 1e-6:
-        warnings.warn(
+        checks.warn_user(
             f"budget={binding.budget!r} cannot reach {source}={float(sparsity):g}: removing "
             f"every removable channel leaves {least:.1%} of the model's {binding.budget} "
             "(the channels that must stay: model inputs and outputs, layers left out, each "
-            "group's best, `max_sparsity`). Pruning removes every removable channel instead.",
-            stacklevel=stacklevel + 1,
+            "group's best, `max_sparsity`). Pruning removes every removable channel instead."
         )
 
 
@@ -301,7 +299,7 @@ def bind(pruner, model):
     )
     schedule = pruner.pruning_schedule
     final = None if schedule is None else schedules_lib.final_sparsity(schedule)
-    warn_if_out_of_reach(pruner.binding, final, "the schedule's final sparsity", 4)
+    warn_if_out_of_reach(pruner.binding, final, "the schedule's final sparsity")
     return pruner.binding
 
 
