@@ -413,17 +413,19 @@ def test_a_budget_beyond_reach_removes_every_removable_channel(budget):
     # a, b keep one unit each: 64+1, 1+1 and 2+2 parameters; 2*64, 2*1 and 2*2 FLOPs
     least = {"params": 71 / 1346, "flops": 134 / 2624}[budget]
     message = f"budget='{budget}' cannot reach sparsity=0.99: .* leaves {least:.1%}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a reachable target: no warning
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         pruned = tfprune.prune(model, None, granularity="filter", budget=budget)
         tfprune.update_masks(pruned, 0.9)
+    assert not [w for w in seen if "cannot reach" in str(w.message)]  # a reachable target
     with pytest.warns(UserWarning, match=message):
         tfprune.update_masks(pruned, 0.99)
     assert sizes(tfprune.thin(pruned)) == {"a": 1, "b": 1, "out": 2}  # each group keeps its best
     schedule = tfprune.ConstantSparsity(0.98, 0)
     with pytest.warns(UserWarning, match="cannot reach the schedule's final sparsity=0.98") as seen:
         tfprune.prune(model, schedule, granularity="filter", budget=budget)
-    assert seen[0].filename == __file__  # the user's line, not the library's
+    ours = [w for w in seen if "cannot reach" in str(w.message)]
+    assert [w.filename for w in ours] == [__file__]  # the user's line, not the library's
 
 
 @graph_logic
