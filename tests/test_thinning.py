@@ -218,6 +218,24 @@ def test_layer_normalization_keeps_its_channels(rng):
 
 
 @graph_logic
+def test_a_model_without_removable_channels_is_refused_with_the_reasons():
+    x = keras.Input((5, 8))
+    h = keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(8, name="d1")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="d2")(h))
+    before = [w.copy() for w in model.get_weights()]
+    message = (
+        r"No channel of model '.*' can be removed \(granularity='filter' follows its channel "
+        r"dependency graph\): every channel is fixed \(.*normalized.*; model output\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        tfprune.prune(model, None, granularity="filter")
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "InputLayer", "Dense", "LayerNormalization", "Dense"
+    ]  # fmt: skip
+    assert all((a == b).all() for a, b in zip(before, model.get_weights()))
+
+
+@graph_logic
 @pytest.mark.parametrize("activation", ["softmax", "sparsemax"])
 def test_channels_a_softmax_mixes_are_kept_without_a_warning(rng, activation):
     model = keras.Sequential([

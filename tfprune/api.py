@@ -188,6 +188,21 @@ def prune(
             if not selected(everything.layers[name])
         ]
         structure = graph.build(to_prune, lambda layer: layer.name not in excluded)
+        if not structure.prunable.any():
+            blocked = {
+                f"read by '{n}', which has no channel rule" for n in structure.blocked_by.values()
+            }
+            reasons = [r for r in dict.fromkeys([*structure.fixed_by.values(), *sorted(blocked)])
+                       if r != "model input"]  # fmt: skip
+            raise ValueError(
+                f"No channel of model '{to_prune.name}' can be removed "
+                f"(granularity={granularity!r} follows its channel dependency graph): every "
+                f"channel is fixed ({'; '.join(reasons[:4])}"
+                f"{'; ...' if len(reasons) > 4 else ''}). A layer without a channel rule fixes "
+                "the channels it reads and writes (`tfprune.graph.register` adds one); "
+                "granularity='element', or `tfprune.granularity.Filter()` for each layer's "
+                "filters on their own, prunes without the graph."
+            )
         _check_limits(
             min_sparsity, max_sparsity,
             {p for g in structure.groups if structure.prunable[g.units].any() for p in g.producers},
