@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
@@ -156,9 +158,26 @@ def save_results(name, payload):
 
 
 def machine_info():
+    """Where a run was measured: the CPU model and its AVX-512 support matter
+    (NumPy's `np.partition` and sorts use AVX-512 kernels where there is one)."""
+    cpu, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu,
+        "avx512f": "avx512f" in flags,
+        "numpy": np.__version__,
         "cpu_count": os.cpu_count(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
