@@ -8,6 +8,9 @@
 
 import math
 import numbers
+import os
+import sys
+import warnings
 
 
 def is_integer(value):
@@ -28,10 +31,6 @@ def is_finite_number(value):
 def warn_user(message):
     """`warnings.warn(message)` attributed to the first caller outside tfprune
     (its file and line), however deep in the library the warning is raised."""
-    import os
-    import sys
-    import warnings
-
     package = os.path.dirname(os.path.abspath(__file__))
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):

@@ -398,8 +398,7 @@ class Pruner:
         if kind == "ranking":
             keeps, threshold = self._select_globally(units, infos, sparsity)
             return keeps, [threshold] * len(units), []
-        schedule = self.pruning_schedule
-        final = None if schedule is None else schedules_lib.final_sparsity(schedule)
+        final = schedules_lib.final_sparsity(self.pruning_schedule)
         keeps, thresholds = [], []
         for u, info, s in zip(units, infos, self.scope.sparsities(infos, sparsity, final)):
             s = self._capped(s, info.layer)

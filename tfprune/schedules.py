@@ -99,7 +99,8 @@ def _to_step(step):
 
 
 def final_sparsity(schedule):
-    """The sparsity a built-in schedule ends at (None if it does not say)."""
+    """The sparsity a built-in schedule ends at (None if it does not say, or
+    for no schedule)."""
     for name in ("final_sparsity", "target_sparsity"):
         if hasattr(schedule, name):
             return float(getattr(schedule, name))

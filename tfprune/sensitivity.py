@@ -165,9 +165,10 @@ class Sensitivity:
 
         start = {layer: 0.0 for layer in self.layers}
         for tolerance in drops:
-            if reached({layer: within(layer, tolerance)[-1][0] for layer in self.layers}):
+            sparsest = {layer: within(layer, tolerance)[-1][0] for layer in self.layers}
+            if reached(sparsest):
                 break
-            start = {layer: within(layer, tolerance)[-1][0] for layer in self.layers}
+            start = sparsest
         else:
             raise ValueError(
                 f"Argument `target` ({target}) is more than the measured sparsities reach "

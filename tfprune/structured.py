@@ -254,14 +254,20 @@ class Binding:
         coef = ops.convert_to_tensor((self.cost_coef * scale).astype("float32"))
         return ops.sum(coef * ops.take(counts, self.cost_a) * ops.take(counts, self.cost_b))
 
+    def forced_counts(self):
+        """How many units each group keeps whatever the budget: its best one,
+        or what its `max_sparsity` keeps (>= 1)."""
+        return [
+            1 if high is None else selection.keep_count(eligible, high)
+            for _, _, eligible, _, _, high in self.groups
+        ]
 
     def least_cost(self):
         """The smallest fraction of the budget's cost a selection reaches:
         every eligible unit removed but each group's best (or what its
         `max_sparsity` keeps), rounded up to `round_to`."""
         keep = ~self.eligible
-        for start, stop, eligible, _, _, high in self.groups:
-            count = 1 if high is None else selection.keep_count(eligible, high)
+        for (start, stop, *_), count in zip(self.groups, self.forced_counts()):
             keep[np.flatnonzero(self.eligible[start:stop])[:count] + start] = True
         return float(ops.convert_to_numpy(self.cost(keep)))
 
@@ -297,8 +303,7 @@ def bind(pruner, model):
     pruner.binding = Binding(
         structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped
     )
-    schedule = pruner.pruning_schedule
-    final = None if schedule is None else schedules_lib.final_sparsity(schedule)
+    final = schedules_lib.final_sparsity(pruner.pruning_schedule)  # None without a schedule
     warn_if_out_of_reach(pruner.binding, final, "the schedule's final sparsity")
     return pruner.binding
 
@@ -410,10 +415,7 @@ def _group_sums(binding, keep):
 
 def _forced(binding, scores):
     """Units kept whatever the budget: each group's best, and `max_sparsity`."""
-    counts = []
-    for _, _, eligible, _, _, high in binding.groups:
-        counts.append(1 if high is None else selection.keep_count(eligible, high))  # >= 1
-    return _per_group_top_k(binding, scores, counts)
+    return _per_group_top_k(binding, scores, binding.forced_counts())
 
 
 def _allowed(binding, scores):
