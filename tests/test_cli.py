@@ -21,8 +21,8 @@ pytestmark = only_backends(
 )
 
 
-def run(*args):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+def run(*args, log_level="3"):
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL=log_level)
     return subprocess.run(
         [sys.executable, "-m", "tfprune", *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -181,8 +181,9 @@ def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys)
         target = tmp_path / f"m{int(sparse)}.tflite"
         args = ["export", str(path), "--format", "tflite", "--out", str(target)]
         if sparse:  # through the entry point
-            result = run(*args, "--sparse")
+            result = run(*args, "--sparse", log_level="0")
             assert result.returncode == 0, result.stderr[-2000:]
+            assert "SavedModel" not in result.stderr  # the converter's C++ log is held back
             last = result.stdout.strip().splitlines()[-1]
         else:
             assert cli.main(args) == 0
@@ -196,6 +197,18 @@ def test_strip_and_export_write_plain_and_sparse_models(saved, tmp_path, capsys)
     assert cli.main(["export", str(path), "--format", "keras", "--out", str(tmp_path / "k.keras"),
                      "--sparse"]) == 2  # fmt: skip
     assert "--sparse applies to --format tflite" in capsys.readouterr().err
+
+
+def test_native_output_is_replayed_only_when_the_block_fails(capfd):
+    with cli._native_output_held():
+        os.write(2, b"converter log\n")
+        os.write(1, b"signature\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with cli._native_output_held():
+            os.write(2, b"converter log\n")
+            raise RuntimeError("conversion failed")
+    assert capfd.readouterr().err == "converter log\n"
 
 
 # ------------------------------------------------------------- sensitivity

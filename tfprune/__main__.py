@@ -43,6 +43,34 @@ def _message(error):
     return lines[0] if lines else type(error).__name__
 
 
+@contextlib.contextmanager
+def _native_output_held():
+    """Hold what native code writes to stdout and stderr (the TFLite converter's
+    C++ log lines, Keras's printed signature) and replay it only if the block
+    raises."""
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as held:
+        try:
+            for fd in saved:
+                os.dup2(held.fileno(), fd)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for fd, original in saved.items():
+                    os.dup2(original, fd)
+                    os.close(original)
+        except BaseException:
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+
+
 def _output_problem(path, flag="--out", suffixes=None):
     """Why `path` cannot be written (checked before any work), or None."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -279,7 +307,8 @@ def export_command(args):
                 converter = tf.lite.TFLiteConverter.from_keras_model(plain)
                 if args.sparse:
                     converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-                with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the signature
+                # Keras prints the signature; the converter logs from C++.
+                with _native_output_held(), contextlib.redirect_stdout(io.StringIO()):
                     flat = converter.convert()
                 with open(args.out, "wb") as f:  # written once converted: no empty file
                     f.write(flat)
