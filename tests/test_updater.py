@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 from conftest import to_numpy
 from helpers import compile_model, data, fit, keep_count, mlp, step_of, wrappers
 
@@ -116,15 +117,21 @@ def test_fit_masks_stored_weights_before_its_first_step():
     assert np.all(stored[~masks[0]] == 0) and np.all(stored[masks[0]] == 1)
 
 
-def test_inside_fit_pruned_weights_are_zero_after_every_step():
+@pytest.mark.parametrize("criterion", [None, "taylor", "movement"])
+def test_inside_fit_pruned_weights_are_zero_after_every_step(criterion):
     """The mask constraint zeroes pruned weights after each optimizer update
     with the mask its step used (on JAX the layer hands it over, and masks
-    change between steps): Adam's momentum would move them otherwise."""
+    change between steps): Adam's momentum would move them otherwise. So do
+    criteria that read gradients, whose forward pass stays masked."""
     x, y = data((20,), n=56)  # 7 steps of 8; updates at steps 3 and 6
     keras.utils.set_random_seed(3)
     model = mlp()
     model.layers[1].rate = 0.0
-    model = compile_model(tfprune.prune_low_magnitude(model, SCHEDULE), keras.optimizers.Adam(0.05))
+    if criterion is None:
+        model = tfprune.prune_low_magnitude(model, SCHEDULE)
+    else:
+        model = tfprune.prune(model, SCHEDULE, criterion=criterion)
+    model = compile_model(model, keras.optimizers.Adam(0.05))
     seen = []
 
     class Check(keras.callbacks.Callback):

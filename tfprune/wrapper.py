@@ -417,7 +417,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if not self._training_call(training):
                 return output
         training_call = self._training_call(training)
-        stored = training_call and self._stored_weights_masked()
+        constrained = training_call and self._constrained_in_fit()
+        stored = constrained and not self._probes
         if training_call:
             if not self._step_callback_attached:
                 raise ValueError(MISSING_CALLBACK_MESSAGE.format(name=self.name))
@@ -428,10 +429,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     self.pruner.on_step(self, due=True)
                     if stored:
                         self.apply_mask()  # the new zeros, before the forward pass
+        if constrained and not backend.constraints_may_read_variables():
+            for weight, mask, _ in self.pruning_vars:
+                weight.constraint.step_mask = mask.value  # this step's mask
         if stored:
-            if not backend.constraints_may_read_variables():
-                for weight, mask, _ in self.pruning_vars:
-                    weight.constraint.step_mask = mask.value  # this step's mask
             outputs = self.layer(*args, **kwargs)
         else:
             with self._masked_weights():
@@ -501,12 +502,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         weights between two steps, `tfprune.updater`). Pruned
         weights then get gradients, as in TFMOT, but the constraint discards
         what the optimizer does with them; criteria that read gradients
-        (probes) keep the masked pass.
+        (probes) keep the masked pass, and the constraint all the same.
         """
-        return (
-            self._host_updates
-            and not self._probes
-            and all(isinstance(w.constraint, _MaskConstraint) for w, _, _ in self.pruning_vars)
+        return self._constrained_in_fit() and not self._probes
+
+    def _constrained_in_fit(self):
+        """Whether the host schedules the updates (inside `fit`) and the mask
+        constraint zeroes pruned weights after every optimizer update."""
+        return self._host_updates and all(
+            isinstance(w.constraint, _MaskConstraint) for w, _, _ in self.pruning_vars
         )
 
     @contextlib.contextmanager
