@@ -264,6 +264,27 @@ def test_network_slimming_l1_on_scales_then_thin(rng):
         tfprune.prune(model, None, granularity="element", criterion="bn_scale")
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_bn_scale_leaves_channels_without_a_normalization_whole(scope):
+    """A channel no normalization scales has no score: ranking it by its
+    position would remove the hidden Dense's largest units. It stays, and a
+    global budget spreads over the normalized channels."""
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(x)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(h))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(8, activation="relu", name="fc")(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    model.get_layer("bn1").gamma.assign(np.array([5, 1, 7, 2, 8, 3, 6, 4], "float32"))
+    pruned = tfprune.prune(model, None, granularity="filter", criterion="bn_scale", scope=scope)
+    tfprune.update_masks(pruned, 0.5)
+    small = tfprune.thin(pruned)
+    assert small.get_layer("fc").units == 8
+    assert small.get_layer("c1").filters == 4
+    kept = to_numpy(pruned.get_layer("prune_low_magnitude_bn1").pruning_vars[0][1])
+    assert np.flatnonzero(kept).tolist() == [0, 2, 4, 6]  # scales 5, 7, 8, 6
+
+
 @SAME_PATH_ON_JAX
 def test_channel_group_lasso_zeros_are_removed_by_thin(rng):
     """Zeroed input channels of a consumer are unread: `thin` removes them exactly."""

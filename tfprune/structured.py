@@ -155,7 +155,13 @@ class Binding:
     """The structure of one pruned model, as the pruner's compute reads it."""
 
     def __init__(
-        self, structure, granularity, min_sparsity=None, max_sparsity=None, wrapped=None
+        self,
+        structure,
+        granularity,
+        min_sparsity=None,
+        max_sparsity=None,
+        wrapped=None,
+        ranked=None,
     ):
         self.structure = structure
         self.size = structure.size
@@ -168,16 +174,9 @@ class Binding:
                     for m in members:
                         if m.role != "carry":
                             self.eligible[m.units] = False
-        self.axes = {}  # layer name -> {id(variable): [(axis, units)]}
-        for name, members in structure.members.items():
-            layer = structure.layers[name]
-            for m in members:
-                if m.role == "carry":
-                    continue
-                variable = layer_specs.resolve(layer, m.path)
-                self.axes.setdefault(name, {}).setdefault(id(variable), []).append(
-                    (m.axis, m.units.astype("int32"), m.role)
-                )
+        if ranked is not None:  # a channel the criterion gives no score stays
+            self.eligible &= ranked
+        self.axes = weight_axes(structure)
 
         self.groups = []  # (start, stop, eligible count, fixed count, low, high)
         for g in structure.groups:
@@ -296,12 +295,54 @@ def _cap(value, producers, pick):
     return float(value)
 
 
+def weight_axes(structure):
+    """`{layer name: {id(variable): [(axis, units, role)]}}`: where each unit
+    lies in the weights it masks."""
+    axes = {}
+    for name, members in structure.members.items():
+        layer = structure.layers[name]
+        for m in members:
+            if m.role == "carry":
+                continue
+            variable = layer_specs.resolve(layer, m.path)
+            axes.setdefault(name, {}).setdefault(id(variable), []).append(
+                (m.axis, m.units.astype("int32"), m.role)
+            )
+    return axes
+
+
+def _scored_slices(axes, members, criterion):
+    """`(variable, score, axis, units)` of each weight slice whose elements
+    the criterion scores (activation statistics: the slices a layer writes)."""
+    for m in members:
+        scores = criterion.scores(m._scoring_values(), m._criterion_state)
+        layer_axes = axes.get(m.layer.name, {})
+        for (variable, _, _), score in zip(m.pruning_vars, scores):
+            if score is None:  # a weight the criterion does not score
+                continue
+            for axis, units, role in layer_axes.get(id(variable), []):
+                if not criterion.needs_outputs or role == "write":
+                    yield variable, score, axis, units
+
+
+def ranked_units(structure, members, criterion):
+    """Which units some scored weight slice covers. A criterion may score a
+    few weights only (`"bn_scale"`: normalizations' scales), and a channel
+    with no score would be ranked by its position: it stays."""
+    ranked = np.zeros(structure.size, dtype=bool)
+    for *_, units in _scored_slices(weight_axes(structure), members, criterion):
+        ranked[units] = True
+    return ranked
+
+
 def bind(pruner, model):
     """Builds the pruner's coupled structure from the (wrapped) model."""
     structure = graph_lib.build(model, pruner.granularity.selects)
     wrapped = {m.layer.name for m in pruner.members} if pruner.members else None
+    members = [m for m in pruner.members if m._state_built]
+    ranked = ranked_units(structure, members, pruner.criterion) if members else None
     pruner.binding = Binding(
-        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped
+        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped, ranked
     )
     final = schedules_lib.final_sparsity(pruner.pruning_schedule)  # None without a schedule
     warn_if_out_of_reach(pruner.binding, final, "the schedule's final sparsity")
@@ -338,29 +379,20 @@ def unit_scores(binding, members, criterion, reduction):
     n = binding.size
     total = ops.zeros((n,), "float32")
     counts = np.zeros(n, dtype=np.float64)  # elements behind each unit's score
-    for m in members:
-        values = m._scoring_values()
-        scores = criterion.scores(values, m._criterion_state)
-        axes = binding.axes.get(m.layer.name, {})
-        for (variable, _, _), score in zip(m.pruning_vars, scores):
-            if score is None:  # a weight the criterion does not score
-                continue
-            for axis, units, role in axes.get(id(variable), []):
-                if criterion.needs_outputs and role != "write":
-                    continue
-                shape = tuple(variable.shape)
-                score = ops.broadcast_to(ops.cast(score, "float32"), shape)
-                axis = axis % len(shape)
-                np.add.at(counts, units, int(np.prod(shape)) // shape[axis])
-                other = tuple(a for a in range(len(score.shape)) if a != axis)
-                if reduction == "max":
-                    vec = ops.max(score, axis=other) if other else score
-                    total = ops.maximum(total, ops.segment_max(vec, units, num_segments=n))
-                    continue
-                if reduction == "l2":
-                    score = ops.square(score)
-                vec = ops.sum(score, axis=other) if other else score
-                total = total + ops.segment_sum(vec, units, num_segments=n)
+    for variable, score, axis, units in _scored_slices(binding.axes, members, criterion):
+        shape = tuple(variable.shape)
+        score = ops.broadcast_to(ops.cast(score, "float32"), shape)
+        axis = axis % len(shape)
+        np.add.at(counts, units, int(np.prod(shape)) // shape[axis])
+        other = tuple(a for a in range(len(score.shape)) if a != axis)
+        if reduction == "max":
+            vec = ops.max(score, axis=other) if other else score
+            total = ops.maximum(total, ops.segment_max(vec, units, num_segments=n))
+            continue
+        if reduction == "l2":
+            score = ops.square(score)
+        vec = ops.sum(score, axis=other) if other else score
+        total = total + ops.segment_sum(vec, units, num_segments=n)
     if reduction == "mean":
         return ops.divide(total, ops.convert_to_tensor(np.maximum(counts, 1.0).astype("float32")))
     if reduction == "l2":
