@@ -73,8 +73,11 @@ def test_subclassed_model_is_rejected_with_guidance():
         def call(self, x):
             return self.d(x)
 
-    with pytest.raises(ValueError, match="__init__"):
+    with pytest.raises(ValueError, match=r"__init__.*prune_low_magnitude\(keras.layers.Dense\(10\)\)"):
         tfprune.prune_low_magnitude(Net())
+    # the suggestion runs as written (`prune` has no default schedule)
+    with pytest.raises(ValueError, match=r"tfprune.prune\(keras.layers.Dense\(10\), schedule\)"):
+        tfprune.prune(Net(), None)
 
 
 def test_already_wrapped_layers_are_kept():

@@ -512,7 +512,7 @@ def test_different_pruners_on_different_layers_and_one_after_another():
         ({"scope": "everything"}, ValueError, r"scope='everything'"),
         ({"seed": 1}, ValueError, r"criterion='magnitude', seed=1"),
         ({"scope": {"nope": 0.5}}, ValueError, r"Argument `scope` names layers .*\['nope'\]"),
-        ({"scope": {"fc1": 1.5}}, ValueError, r"sparsities=\{'fc1': 1.5\}"),
+        ({"scope": {"fc1": 1.5}}, ValueError, r"Argument `scope` must be .*scope=\{'fc1': 1.5\}"),
         ({"layers": ["fc9"]}, ValueError, r"Argument `layers` names layers .*\['fc9'\]"),
         ({"layers": "fc1"}, TypeError, r"layers='fc1'"),
         ({"max_sparsity": 1.0}, ValueError, r"max_sparsity=1.0"),
@@ -583,6 +583,16 @@ def test_update_masks_rejects_a_bad_sparsity_and_leaves_masks():
         with pytest.raises(TypeError, match=r"`sparsity` must be a float in \[0, 1\). Received: sparsity="):
             tfprune.update_masks(pruned, bad)
     assert all(m.all() for m in masks_of(pruned).values())
+
+
+def test_update_masks_refuses_a_model_with_nothing_to_update():
+    model = cnn()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"holds no pruning wrappers.*Received: model='sequential"):
+        tfprune.update_masks(model, 0.5)  # the unpruned model by mistake
+    with pytest.raises(TypeError, match=r"Received: model=\[1, 2\]"):
+        tfprune.update_masks([1, 2], 0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 def test_a_single_layer_or_a_list_gets_the_checks_a_model_gets():

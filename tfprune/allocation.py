@@ -329,6 +329,7 @@ def get(identifier):
     if isinstance(identifier, Scope):
         return identifier
     if isinstance(identifier, dict):
+        per_layer("scope", identifier)  # named as the caller passed it
         return Explicit(identifier)
     if isinstance(identifier, str) and identifier in SCOPES:
         return SCOPES[identifier]()

@@ -468,10 +468,11 @@ def _wrap(to_prune, wrap, applies_to, pruning_policy, function):
 
     if isinstance(to_prune, keras.Model):
         if not cloning.is_graph_model(to_prune):
+            schedule_example = ", schedule" if function == "prune" else ""
             raise ValueError(
                 f"Model '{to_prune.name}' is a subclassed model, which cannot be "
                 "cloned. Wrap its layers in its `__init__` instead, e.g. "
-                f"`self.dense = tfprune.{function}(keras.layers.Dense(10))`."
+                f"`self.dense = tfprune.{function}(keras.layers.Dense(10){schedule_example})`."
             )
         if pruning_policy is not None:
             pruning_policy.ensure_model_supports_pruning(to_prune)
@@ -526,7 +527,17 @@ def update_masks(model, sparsity=None):
         sparsity: the target; None uses each schedule's value at the
             wrapper's current step.
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "Argument `model` must be a pruned Keras model or a pruning wrapper. "
+            f"Received: model={model!r}"
+        )
     wrappers = collect_prunable_layers(model)
+    if not wrappers:
+        raise ValueError(
+            f"Argument `model` holds no pruning wrappers: nothing to update. Prune it first "
+            f"(`tfprune.prune` or `tfprune.prune_low_magnitude`). Received: model={model.name!r}"
+        )
     if isinstance(model, keras.Model) and cloning.is_graph_model(model):
         updater.bind(wrappers)
         structured.bind_model(model, wrappers)
