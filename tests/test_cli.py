@@ -96,9 +96,10 @@ def test_schedule_prints_the_updates_a_training_run_sees_and_plots_them(tmp_path
     png = tmp_path / "curve.png"
     result = run("schedule", "polynomial", "--initial-sparsity", "0.5", "--final-sparsity",
                  "0.9", "--begin-step", "0", "--end-step", "1000", "--frequency", "100",
-                 "--plot", str(png))  # fmt: skip
+                 "--plot", str(tmp_path / "curve"))  # fmt: skip
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"plot: {png}" in out  # the file Matplotlib writes for a name without a suffix
     lines = [line.split() for line in out.splitlines()[2:12]]
     # step 0 is never a training step: the first update is at step 100
     schedule = tfprune.PolynomialDecay(0.5, 0.9, 0, 1000, frequency=100)
@@ -516,6 +517,8 @@ def test_outputs_and_data_are_checked_before_any_work(rng, tmp_path, capsys):
         (["prune", m, "--data", str(tmp_path / "short.npz"), "--recipe", str(tmp_path / "r.yaml"),
           "--out", str(tmp_path / "o.keras")], "'x' has 64 rows and 'y' 10"),
         (["sensitivity", m, "--data", d, "--scope-out", str(tmp_path / "s.json")], "give --budget"),
+        (["sensitivity", m, "--data", d, "--budget", "1.5"], "--budget must be an overall sparsity in [0, 1): 1.5"),
+        (["export", m, "--format", "tflite", "--out", str(tmp_path / "t.keras")], "must end in .tflite"),
         (["sensitivity", m, "--data", d, "--csv", str(tmp_path / "no" / "s.csv")], "--csv"),
         (["schedule", "agp", "--final-sparsity", "0.9", "--plot", str(tmp_path / "no" / "c.png")],
          "--plot"),

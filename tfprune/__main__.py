@@ -207,7 +207,16 @@ def _plot_schedule(schedule, points, steps, path):
     plt.close(fig)
 
 
+def _image_path(path):
+    """The file a plot of `path` is written to (Matplotlib adds `.png` to a
+    name without a suffix); None stays None."""
+    if path and not os.path.splitext(path)[1]:
+        return path + ".png"
+    return path
+
+
 def schedule_command(args):
+    args.plot = _image_path(args.plot)
     problem = args.plot and _output_problem(args.plot, "--plot", suffixes=())
     if problem:
         return _fail(problem)
@@ -281,7 +290,7 @@ def export_command(args):
     if args.sparse and args.format != "tflite":
         return _fail("--sparse applies to --format tflite (TFLite's sparse weight encoding)")
     problem = _output_problem(
-        args.out, suffixes={"keras": _KERAS_FILES, "tflite": ()}.get(args.format)
+        args.out, suffixes={"keras": _KERAS_FILES, "tflite": (".tflite",)}.get(args.format)
     )
     if problem:
         return _fail(problem)
@@ -356,6 +365,9 @@ def sensitivity_command(args):
 
     if (args.scope_out or args.recipe_out) and args.budget is None:
         return _fail("--scope-out and --recipe-out write an allocation: give --budget")
+    if args.budget is not None and not 0.0 <= args.budget < 1.0:
+        return _fail(f"--budget must be an overall sparsity in [0, 1): {args.budget}")
+    args.plot = _image_path(args.plot)
     for flag in ("csv", "plot", "scope_out", "recipe_out"):
         path = getattr(args, flag)
         problem = path and _output_problem(path, f"--{flag.replace('_', '-')}", suffixes=())
