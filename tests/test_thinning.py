@@ -115,6 +115,25 @@ def test_counts_of_params_and_flops_follow_the_layers():
     assert tfprune.count_flops(model) == 2 * (8 * 8 * 27 * 4) + 2 * (256 * 2)
 
 
+@graph_logic
+def test_flops_of_einsum_dense_and_a_warning_for_layers_no_rule_counts():
+    x = keras.Input((5, 8))
+    einsum = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 4), name="e")
+    same_as_dense = keras.Model(x, einsum(x))
+    assert tfprune.count_flops(same_as_dense) == 2 * 5 * 8 * 4
+    assert tfprune.count_flops(keras.Model(x, keras.layers.Dense(4)(x))) == 2 * 5 * 8 * 4
+    x3 = keras.Input((5, 7, 8))
+    heads = keras.layers.EinsumDense("...c,cde->...de", output_shape=(2, 4))(x3)
+    assert tfprune.count_flops(keras.Model(x3, heads)) == 2 * 5 * 7 * 8 * (2 * 4)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(3), name="bi")(x)
+    model = keras.Model(x, keras.layers.Dense(2, name="d")(h))
+    with pytest.warns(UserWarning, match=r"no FLOPs for .*'bi' \(Bidirectional\)\. The total leaves"):
+        assert tfprune.count_flops(model) == 2 * 6 * 2  # the Dense alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tfprune.count_flops(same_as_dense)  # every layer counted: no warning
+
+
 # -------------------------------------------------------- masking, thinning
 @graph_logic
 @pytest.mark.parametrize("granularity", ["filter", "channel"])
@@ -353,7 +372,7 @@ def test_unknown_layer_on_a_coupled_path_is_named_before_anything_changes():
     h = Scale(name="my_scale")(keras.layers.Dense(8, name="d1")(x))
     model = keras.Model(x, keras.layers.Dense(2, name="d2")(h))
     before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match=r"Layer 'my_scale' \(Scale\) reads channels .*'d1'"):
+    with pytest.raises(ValueError, match=r"Layer 'my_scale' \(Scale\) reads channels .*'d1'.*register"):
         tfprune.prune(model, None, granularity="filter")
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     graph.register(Scale, graph.passthrough)
@@ -363,6 +382,20 @@ def test_unknown_layer_on_a_coupled_path_is_named_before_anything_changes():
         assert tfprune.thin(pruned).get_layer("d1").units == 4
     finally:
         del graph.RULES[Scale]
+
+
+@graph_logic
+def test_a_blocked_path_says_why_the_rule_cannot_follow_it():
+    x = keras.Input((8,))
+    h = keras.layers.Reshape((3, 4), name="r")(keras.layers.Dense(12, name="d")(x))
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    with pytest.raises(ValueError, match=r"Layer 'r' \(Reshape\) .* cannot follow them through it "
+                       r"\(channels split across axes\)\. Leave"):  # fmt: skip
+        tfprune.prune(model, None, granularity="filter")
+    a, b = keras.layers.Dense(6, name="a")(x), keras.layers.Dense(6, name="b")(x)
+    model = keras.Model(x, keras.layers.Dense(2)(keras.ops.concatenate([a, b], axis=-1)))
+    with pytest.raises(ValueError, match=r"Operation '\w+' \(Concatenate\) .* the `keras.ops` operation"):
+        tfprune.prune(model, None, granularity="filter")
 
 
 @graph_logic

@@ -103,13 +103,14 @@ class _Builder:
         self.group_parent = []
         self.producer = []  # per slot: (layer name, index) or None
         self.fixed = {}  # slot -> reason
-        self.blocked = {}  # slot -> layer name
+        self.blocked = {}  # slot -> (layer name, why no rule follows it)
         self.members = {}  # (layer, path, axis) -> Member
         self.costs = {"flops": [], "params": []}
         self.counted_params = set()
         self.fresh_cache = {}
         self.layers = {}  # name -> layer
         self.resizes = {}  # layer name -> [(config key, slots)]
+        self.unruled = set()  # names of the layers no rule describes
 
     # ----------------------------------------------------------- union-find
     def _find(self, parent, i):
@@ -165,9 +166,9 @@ class _Builder:
         for s in np.asarray(slots).tolist():
             self.fixed.setdefault(s, reason)
 
-    def block(self, slots, layer):
+    def block(self, slots, layer, why=""):
         for s in np.asarray(slots).tolist():
-            self.blocked.setdefault(s, layer.name)
+            self.blocked.setdefault(s, (layer.name, why))
 
     # --------------------------------------------------------- weights, costs
     def member(self, layer, path, axis, slots, role):
@@ -211,7 +212,7 @@ def _channels_last(layer):
 def _unknown(b, layer, inputs, outputs, why=""):
     for s in inputs:
         if s is not None:
-            b.block(s, layer)
+            b.block(s, layer, why)
     return [_fixed_new(b, o, f"output of '{layer.name}'{why}") for o in outputs]
 
 
@@ -395,6 +396,26 @@ def dense(b, layer, node, inputs):
     return [out]
 
 
+def einsum_dense(b, layer, node, inputs):
+    """Fixed channels (no rule maps an equation's axes to channels yet), but
+    its FLOPs count: 2 per output element per kernel entry summed into it."""
+    out = _unknown(b, layer, inputs, node.outputs, " (channels of an EinsumDense)")
+    lhs, rest = layer.equation.replace(" ", "").split(",")
+    kernel, output = rest.split("->")
+    sizes = dict(zip(kernel, layer.kernel.shape))
+    shape = node.input_tensors[0].shape
+    explicit = lhs.replace("...", "")
+    offset = len(shape) - len(explicit)  # axes "..." stands for, the batch axis first
+    for axis, letter in enumerate(explicit, start=offset):
+        sizes.setdefault(letter, 1 if axis == 0 else shape[axis] or 1)  # per example
+    elements = int(np.prod([sizes[letter] for letter in output.replace("...", "")]))
+    if "..." in output:
+        elements *= _spatial(tuple(shape[:offset]) + (1,))
+    summed = [size for letter, size in zip(kernel, layer.kernel.shape) if letter not in output]
+    b.cost(layer, "flops", 2 * elements * int(np.prod(summed)))
+    return out
+
+
 def embedding(b, layer, node, inputs):
     out = b.fresh(layer, layer.output_dim)
     b.member(layer, "embeddings", 1, out, "write")
@@ -575,7 +596,7 @@ def operation(b, op, node, inputs):
                 b.fix(inputs[0], f"combined with a per-channel constant by '{op.name}'")
             return [inputs[0]]
         return merge(b, op, node, inputs)
-    return _unknown(b, op, inputs, node.outputs)
+    return _unknown(b, op, inputs, node.outputs, _no_rule(op))
 
 
 RULES = {
@@ -591,6 +612,7 @@ RULES = {
     L.Conv2D: conv,
     L.Conv3D: conv,
     L.Dense: dense,
+    L.EinsumDense: einsum_dense,
     L.Embedding: embedding,
     L.MultiHeadAttention: multi_head_attention,
     L.LSTM: recurrent,
@@ -755,6 +777,7 @@ def _walk(b, model, inputs=None):
         else:
             rule = rule_for(op)
             if rule is None:
+                b.unruled.add(op.name)
                 out = _unknown(b, op, args, node.outputs, _no_rule(op))
             else:
                 out = rule(b, op, node, args)
@@ -768,6 +791,8 @@ def _walk(b, model, inputs=None):
 def _no_rule(op):
     if cloning.is_graph_model(op):
         return " (a nested model)"
+    if not isinstance(op, keras.layers.Layer):
+        return f" (no rule for the keras.ops operation {type(op).__name__})"
     return f" (no rule for {type(op).__name__})"
 
 
@@ -795,6 +820,8 @@ class Structure:
         self.size = len(index)
         self.slot_unit = np.array([index[r] for r in root_of], dtype=np.int64)
         self.layers = b.layers
+        # Layers with weights that no rule describes: their FLOPs are not counted.
+        self.uncounted = sorted(name for name in b.unruled if b.layers[name].weights)
         self.resizes = {
             name: [(key, self.slot_unit[s]) for key, s in entries]
             for name, entries in b.resizes.items()
@@ -802,9 +829,10 @@ class Structure:
         unit_fixed = {}
         for slot, reason in b.fixed.items():
             unit_fixed.setdefault(int(self.slot_unit[slot]), reason)
-        unit_blocked = {}
-        for slot, name in b.blocked.items():
+        unit_blocked, unit_why = {}, {}
+        for slot, (name, why) in b.blocked.items():
             unit_blocked.setdefault(int(self.slot_unit[slot]), name)
+            unit_why.setdefault(int(self.slot_unit[slot]), why)
         producers = [set() for _ in range(self.size)]
         # (layer, "out" or "heads", index) of each producer channel in a unit
         self.positions = {}
@@ -847,7 +875,8 @@ class Structure:
             ]
             blocked = [unit_blocked[u] for u in units.tolist() if u in unit_blocked]
             if blocked and not reason and strict:
-                raise UnknownLayerError(_blocked_message(self, blocked[0], names))
+                why = next(unit_why[u] for u in units.tolist() if u in unit_why)
+                raise UnknownLayerError(_blocked_message(self, blocked[0], why, names))
             if blocked and not prunable_units:
                 reason = f"read by '{blocked[0]}', which has no channel rule"
             group = Group(names[0] if names else f"group_{len(self.groups)}", units,
@@ -872,14 +901,25 @@ class Structure:
         return totals
 
 
-def _blocked_message(structure, layer_name, producers):
+def _blocked_message(structure, layer_name, why, producers):
     layer = structure.layers.get(layer_name)
     kind = type(layer).__name__ if layer is not None else "?"
+    what = "Layer" if isinstance(layer, keras.layers.Layer) else "Operation"
+    start = (
+        f"{what} '{layer_name}' ({kind}) reads channels that removing channels of "
+        f"{', '.join(repr(p) for p in producers)} would change"
+    )
+    if why != _no_rule(layer):  # a rule that cannot follow this call
+        return f"{start}, and tfprune cannot follow them through it{why}. Leave those layers out with `layers=`."
+    if not isinstance(layer, keras.layers.Layer):
+        return (
+            f"{start}, and tfprune has no rule for the `keras.ops` operation {kind}: use the "
+            "Keras layer that does the same, if there is one, or leave those layers out with "
+            "`layers=`."
+        )
     return (
-        f"Layer '{layer_name}' ({kind}) reads channels that removing channels of "
-        f"{', '.join(repr(p) for p in producers)} would change, and tfprune has no rule "
-        f"for how {kind} maps channels. Describe it with `tfprune.graph.register({kind}, "
-        "rule)` (e.g. `tfprune.graph.passthrough` for an element-wise layer), or leave "
-        "those layers out with `layers=`."
+        f"{start}, and tfprune has no rule for how {kind} maps channels. Describe it with "
+        f"`tfprune.graph.register({kind}, rule)` (e.g. `tfprune.graph.passthrough` for an "
+        "element-wise layer), or leave those layers out with `layers=`."
     )
 

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
-from tfprune import cloning, zeros
+from tfprune import checks, cloning, zeros
 from tfprune import graph as graph_lib
 from tfprune import layers as layer_specs
 
@@ -495,6 +495,20 @@ def count_params(model):
 
 def count_flops(model):
     """FLOPs of one forward pass of one example (2 per multiply-accumulate of
-    convolutions, dense layers and attention; element-wise work not counted)."""
+    convolutions, dense layers and attention; element-wise work not counted).
+
+    Layers with weights that no channel rule describes (`TimeDistributed`,
+    `Bidirectional`, a KerasHub `TransformerEncoder`, custom layers) count
+    no FLOPs: a warning names them.
+    """
     _check_graph_model(model)
-    return int(round(graph_lib.build(plain(model), strict=False).count("flops")))
+    structure = graph_lib.build(plain(model), strict=False)
+    if structure.uncounted:
+        names = ", ".join(
+            f"'{name}' ({type(structure.layers[name]).__name__})" for name in structure.uncounted
+        )
+        checks.warn_user(
+            f"count_flops counts no FLOPs for layers tfprune has no rule for: {names}. "
+            "The total leaves them out."
+        )
+    return int(round(structure.count("flops")))
