@@ -74,6 +74,20 @@ def test_epochs_become_steps():
     assert schedule.get_config() == tfprune.PolynomialDecay(0.1, 0.7, 10, 30, frequency=5).get_config()
 
 
+def test_a_schedule_in_epochs_whose_frequency_outlasts_its_window_is_refused():
+    """Two epochs of 44 steps with TFMOT's default frequency of 100 steps: the
+    masks would update at the window's first step only (at the initial
+    sparsity), so the run would end dense."""
+    config = {"type": "polynomial", "initial_sparsity": 0.0, "final_sparsity": 0.5,
+              "begin_epoch": 0, "end_epoch": 2}  # fmt: skip
+    with pytest.raises(recipes.RecipeError, match=r"`frequency` \(100 steps\) is longer than the pruning window, steps 0 to 88"):
+        recipes.schedule_from_config(config, steps_per_epoch=44)
+    schedule = recipes.schedule_from_config({**config, "frequency": 11}, steps_per_epoch=44)
+    assert schedule.get_config()["end_step"] == 88
+    one_off = {"type": "constant", "target_sparsity": 0.5, "begin_step": 5, "end_step": 50}
+    assert recipes.schedule_from_config(one_off).get_config()["frequency"] == 100  # prunes once
+
+
 def test_negative_epochs_are_refused_and_an_end_epoch_of_minus_one_never_ends():
     config = {"type": "constant", "target_sparsity": 0.5, "begin_epoch": 0, "end_epoch": -1}
     schedule = recipes.schedule_from_config(config, steps_per_epoch=50)
@@ -167,6 +181,10 @@ SCHEDULE = {"type": "constant", "target_sparsity": 0.5, "begin_step": 0, "freque
          "recipe: pruners.p.schedule: give `begin_epoch` or `begin_step`, not both"),
         ({"pruners": {"p": {"schedule": {**SCHEDULE, "frequency": "often"}}}},
          "recipe: pruners.p.schedule: `frequency` must be a number. Received: frequency='often'"),
+        ({"pruners": {"p": {"schedule": {"type": "polynomial", "initial_sparsity": 0.0,
+                                         "final_sparsity": 0.5, "begin_step": 0, "end_step": 50}}}},
+         "recipe: pruners.p.schedule: `frequency` (100 steps) is longer than the pruning window, "
+         "steps 0 to 50: masks would update at step 0 only"),
         ({"pruners": {"p": {"schedule": SCHEDULE, "layers": ["h[1"]}}},
          "recipe: pruners.p.layers: 'h[1' is not a regular expression"),
         ({"regularizers": {"r": {"type": "l2"}}},

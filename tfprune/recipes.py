@@ -61,6 +61,7 @@ import json
 import math
 import os
 import re
+import warnings
 
 import keras
 
@@ -182,8 +183,18 @@ def schedule_from_config(config, steps_per_epoch=None, where="schedule", check_o
             values[key] = int(value)
     if check_only and steps_per_epoch is None and set(config) & set(_IN_EPOCHS):
         return None
-    with _located(where):
-        return getattr(schedules, class_name)(**values)
+    with _located(where), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a window shorter than `frequency`: refused below
+        schedule = getattr(schedules, class_name)(**values)
+    begin, end, frequency = schedule.begin_step, schedule.end_step, schedule.frequency
+    if name != "constant" and begin < end < begin + frequency:
+        _fail(
+            where,
+            f"`frequency` ({frequency} steps) is longer than the pruning window, steps {begin} "
+            f"to {end}: masks would update at step {begin} only, at the initial sparsity, "
+            "and never reach the final one; give a smaller `frequency` (or `frequency_epochs`)",
+        )
+    return schedule
 
 
 def read_mapping(path, kind="recipe"):

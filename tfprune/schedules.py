@@ -190,7 +190,8 @@ class PruningSchedule:
             warnings.warn(
                 "Argument `frequency` should be <= end_step - begin_step "
                 f"({end_step - begin_step}): this schedule prunes only at step "
-                f"{begin_step} and never reaches its end (use end_step=begin_step "
+                f"{begin_step}{' (before the first training step, 1: never inside fit)' if begin_step == 0 else ''}"
+                " and never reaches its end (use end_step=begin_step "
                 f"for a one-off prune). Received: frequency={frequency}, "
                 f"begin_step={begin_step}, end_step={end_step}",
                 UserWarning,
