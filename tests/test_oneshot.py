@@ -205,6 +205,31 @@ def test_conv2d_features_are_im2col_patches_and_sparsegpt_matches():
     assert np.all((kernel != 0).sum(axis=2) == 2)
 
 
+def test_a_grouped_convolution_is_pruned_group_by_group():
+    """Each group of `groups=2` is a matrix product of its own inputs: its
+    patches, its Hessian, its SparseGPT reconstruction."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 6, 6, 4)).astype("float32") * np.array([1.0, 5.0, 0.2, 2.0], "float32")
+    model = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(6, 3, groups=2, name="g")])
+    view = features.view_of(model.layers[0])
+    assert (view.features, view.groups) == (18, 2)
+    patches = to_numpy(view.to_rows(x))
+    for g in range(2):
+        np.testing.assert_allclose(patches[:, 18 * g : 18 * (g + 1)], im2col(x[..., 2 * g : 2 * g + 2], 3, 1))
+    K = to_numpy(model.layers[0].kernel).astype(np.float64).reshape(18, 6)
+    pruned = tfprune.oneshot(model, x, sparsity=0.5, method="sparsegpt", block_size=9, verbose=0)
+    got = to_numpy(pruned.get_layer("g").kernel).reshape(18, 6)
+    for g in range(2):
+        want = oracle_sparsegpt(K[:, 3 * g : 3 * g + 3], im2col(x[..., 2 * g : 2 * g + 2], 3, 1), 0.5, block=9)
+        np.testing.assert_array_equal(got[:, 3 * g : 3 * g + 3] == 0, want == 0)
+        np.testing.assert_allclose(got[:, 3 * g : 3 * g + 3], want, rtol=1e-3, atol=1e-4)
+    for method in ("magnitude", "wanda"):
+        kernel = to_numpy(tfprune.oneshot(model, x, sparsity=0.5, method=method, verbose=0).get_layer("g").kernel)
+        assert (kernel == 0).sum() == 54, method  # 27 of each group's 54
+    owl = tfprune.oneshot(model, x, sparsity=0.5, method="wanda", scope="owl", verbose=0)
+    assert (to_numpy(owl.get_layer("g").kernel) == 0).sum() == 54  # one layer: the target itself
+
+
 def test_einsum_dense_features_follow_the_equation():
     layer = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 4), name="q")
     layer.build((None, 5, 6))

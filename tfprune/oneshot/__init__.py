@@ -132,7 +132,9 @@ def owl_sparsities(views, norms, sparsity, threshold=5.0, spread=0.08):
     ratios, sizes = [], []
     for view in views:
         W = view.to_matrix(np.asarray(ops.convert_to_numpy(view.layer.kernel)))
-        scores = np.abs(W) * norms[id(view.layer)][:, None]
+        scores = np.abs(W)
+        for rows, columns in view.group_slices():
+            scores[:, columns] *= norms[id(view.layer)][rows, None]
         ratios.append(float(np.mean(scores > threshold * scores.mean())))
         sizes.append(W.size)
     ratios, sizes = np.array(ratios), np.array(sizes, dtype=np.float64)
@@ -165,8 +167,17 @@ def _groups_by_input(order):
 
 
 def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_size):
-    width = view.group_width
     kernel = view.layer.kernel
+    if view.groups > 1:  # each group's matrix product alone
+        W = view.to_matrix(np.asarray(ops.convert_to_numpy(kernel)))
+        for features, columns in view.group_slices():
+            part = W[:, columns]
+            W[:, columns] = _pruned(
+                view, [(part, np.arange(part.shape[1]))], gram[features, features], rows,
+                sparsity, method, m_by_n, dampening, block_size,
+            )[0]  # fmt: skip
+        kernel.assign(view.kernel_of(W).astype(W.dtype))
+        return
     laid_out = backend.pieces_by_device(kernel, view.output_axes)
     if laid_out is None:  # one piece: the whole kernel
         shape = tuple(kernel.shape)
@@ -176,12 +187,21 @@ def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_si
     # A kernel laid out over devices along its outputs is pruned piece by
     # piece where each piece lives; only scores' counts cross pieces.
     matrices = [(view.to_matrix(p), view.columns(index)) for p, index in zip(pieces, indices)]
+    new = _pruned(view, matrices, gram, rows, sparsity, method, m_by_n, dampening, block_size)
+    put([view.kernel_of(W, p.shape).astype(p.dtype) for W, p in zip(new, pieces)])
+
+
+def _pruned(view, matrices, gram, rows, sparsity, method, m_by_n, dampening, block_size):
+    """The pruned pieces `W` of `matrices`, `[(W, column ids)]` of one matrix
+    product whose inputs have the statistics `gram` over `rows` rows."""
+    width = view.group_width
+    outputs = sum(len(ids) for _, ids in matrices)
     if method == "wanda":
         new = [methods.wanda(W, gram, sparsity, m_by_n, width) for W, _ in matrices]
     elif method == "magnitude" and m_by_n:
         new = [methods.magnitude(W, sparsity, m_by_n, width) for W, _ in matrices]
     elif method == "magnitude":
-        new = methods.magnitude_in_pieces(matrices, view.outputs, sparsity)
+        new = methods.magnitude_in_pieces(matrices, outputs, sparsity)
     else:
         try:
             new = methods.sparsegpt_in_pieces(
@@ -192,7 +212,7 @@ def _prune_layer(view, gram, rows, sparsity, method, m_by_n, dampening, block_si
                 f"SparseGPT cannot factor the damped Hessian of layer '{view.layer.name}' "
                 f"(not positive definite); raise `dampening`. Received: dampening={dampening!r}"
             ) from None
-    put([view.kernel_of(W, p.shape).astype(p.dtype) for W, p in zip(new, pieces)])
+    return new
 
 
 def _check_owl(owl, scope):

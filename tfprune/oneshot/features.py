@@ -8,9 +8,12 @@ kernel laid out `(features, outputs)`.
 - `EinsumDense`: features are the kernel axes whose letter the output lacks
   (GPT-2's query kernel `(32, 2, 16)` has 32; its output projection
   `(2, 16, 32)` has 2 x 16).
-- `Conv1D/2D/3D` (`groups=1`): features are the im2col patches, one per
-  (kernel position, input channel), in the order of `kernel.reshape(-1, out)`,
-  taken with `keras.ops.conv` and an identity kernel.
+- `Conv1D/2D/3D`: features are the im2col patches, one per (kernel
+  position, input channel), in the order of `kernel.reshape(-1, out)`,
+  taken with `keras.ops.conv` and an identity kernel. A grouped convolution
+  (`groups=g`) is `g` matrix products: group `k`'s outputs read only its
+  input channels, so its rows hold each group's patches side by side
+  (`g x features` columns) and each group is pruned as a layer of its own.
 
 Example:
 >>> dense = keras.layers.Dense(3)
@@ -41,6 +44,15 @@ class LayerView:
     in_axis: int
     out_axis: int
     output_axes: tuple = ()  # the kernel axes W's columns come from
+    groups: int = 1  # matrix products side by side (a grouped convolution)
+
+    def group_slices(self):
+        """`(rows' columns, W's columns)` of each group's matrix product."""
+        width = self.outputs // self.groups
+        return [
+            (slice(g * self.features, (g + 1) * self.features), slice(g * width, (g + 1) * width))
+            for g in range(self.groups)
+        ]
 
     def columns(self, index):
         """The columns of `W` a piece of the kernel (`index`: a slice per axis,
@@ -85,11 +97,11 @@ def view_of(layer):
 
 
 def _conv_view(layer):
-    if layer.groups != 1:
-        raise ValueError(f"Layer '{layer.name}': grouped convolutions (groups={layer.groups}) are not supported.")
-    shape = tuple(layer.kernel.shape)  # spatial..., in, out
-    features = int(np.prod(shape[:-1]))
-    identity = np.eye(features, dtype="float32").reshape(shape[:-1] + (features,))
+    shape = tuple(layer.kernel.shape)  # spatial..., in / groups, out
+    features = int(np.prod(shape[:-1]))  # of one group
+    groups = int(layer.groups)
+    full = features * groups  # patches of every input channel
+    identity = np.eye(full, dtype="float32").reshape(shape[:-2] + (shape[-2] * groups, full))
 
     def to_rows(x):
         x, padding = ops.cast(x, "float32"), layer.padding
@@ -108,12 +120,16 @@ def _conv_view(layer):
         )
         if layer.data_format == "channels_first":
             patches = ops.moveaxis(patches, 1, -1)
-        return ops.reshape(patches, (-1, features))
+        if groups > 1:  # (position, group, channel) -> (group, position, channel)
+            positions = features // shape[-2]
+            patches = ops.reshape(patches, (-1, positions, groups, shape[-2]))
+            patches = ops.transpose(patches, (0, 2, 1, 3))
+        return ops.reshape(patches, (-1, full))
 
     return LayerView(
         layer, features, shape[-1], to_rows,
         lambda k: k.reshape(features, -1), lambda w, like: w.reshape(like),
-        shape[-2], -2, -1, (len(shape) - 1,),
+        shape[-2], -2, -1, (len(shape) - 1,), groups,
     )  # fmt: skip
 
 
