@@ -78,6 +78,8 @@ def test_inspect_refuses_bad_input_with_exit_code_2(tmp_path, capsys):
     assert cli.main(["inspect", str(junk)]) == 2  # in process: a subprocess costs seconds
     err = capsys.readouterr().err
     assert err.startswith("tfprune: error: cannot load") and len(err.strip().splitlines()) == 1
+    assert cli.main(["inspect", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"tfprune: error: {tmp_path} is a directory, not a saved model file\n"
 
 
 

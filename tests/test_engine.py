@@ -281,6 +281,10 @@ def test_apoz_from_calibration_data_prunes_dead_channels():
     x = np.random.default_rng(1).normal(size=(40, 5)).astype("float32")
     with pytest.raises(ValueError, match=r"steps=True"):
         tfprune.collect_statistics(pruned, [x[:20], x[20:]], steps=True)
+    with pytest.raises(TypeError, match=r"`data` must be an iterable of batches .*Received: data=None"):
+        tfprune.collect_statistics(pruned, None)
+    with pytest.raises(ValueError, match=r"`data` holds no batch.*Received: data=\[\]"):
+        tfprune.collect_statistics(pruned, [])
     tfprune.collect_statistics(pruned, [x[:20], x[20:]], steps=np.int64(2))
     tfprune.update_masks(pruned, 1 / 3)
     bias_mask = to_numpy(wrappers(pruned)[0].pruning_vars[1][1])

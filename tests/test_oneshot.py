@@ -349,13 +349,14 @@ def test_causal_conv1d_features_are_the_past_only():
         ({"owl": {"spread": -5}, "scope": "owl"}, ValueError, r"'spread' must be a number in \[0, 0.5\]"),
         ({"sparsity_m_by_n": ()}, ValueError, r"sparsity_m_by_n=\(\)"),
         ({"sparsity_m_by_n": 0}, ValueError, r"sparsity_m_by_n=0"),
+        ({"inplace": "yes"}, TypeError, r"`inplace` must be True or False. Received: inplace='yes'"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_touched(kwargs, error, match):
     model = dense_model()
     before = kernel_of(model)
     with pytest.raises(error, match=match):
-        tfprune.oneshot(model, correlated_inputs(), inplace=True, verbose=0, **kwargs)
+        tfprune.oneshot(model, correlated_inputs(), **{"inplace": True, "verbose": 0, **kwargs})
     np.testing.assert_array_equal(kernel_of(model), before)
 
 
@@ -486,6 +487,9 @@ def test_recovery_fine_tuning_with_distillation_keeps_the_masks():
         tfprune.distill(student, teacher, alpha=2)
     with pytest.raises(ValueError, match="temperature=0"):
         tfprune.distill(student, teacher, temperature=0)
+    wider = keras.Sequential([keras.Input(teacher.inputs[0].shape[1:]), keras.layers.Dense(7)])
+    with pytest.raises(ValueError, match=r"as many logits.*with 7"):
+        tfprune.distill(student, wider)
 
 
 MODEL_PARALLEL = """

@@ -198,6 +198,8 @@ SCHEDULE = {"type": "constant", "target_sparsity": 0.5, "begin_step": 0, "freque
          "recipe: training: `epochs` must be a positive integer. Received: epochs=0"),
         ({"pruners": {"p": {"schedule": SCHEDULE}}, "training": {"lr": 0.1}},
          "recipe: training: unknown key 'lr'"),
+        ({"pruners": {"p": {"schedule": SCHEDULE}}, "training": {"optimizer": "foo"}},
+         "recipe: training.optimizer: Could not interpret optimizer identifier: foo"),
         ({"regularizers": {"r": {"type": "l1", "begin_epoch": 2, "end_epoch": 1}}},
          "recipe: regularizers.r: the window ends before it begins (epochs 2 to 1)"),
         ({"regularizers": {"r": {"type": "l1", "begin_step": 5, "end_step": 5}}},

@@ -403,6 +403,10 @@ def test_bad_plans_are_refused():
     model = zoo()
     with pytest.raises(ValueError, match="Argument `plan` must be"):
         tfprune.apply_plan(model, {"removed": {}})
+    with pytest.raises(ValueError, match=r"no such plan file. Received: plan='missing.json'"):
+        tfprune.apply_plan(model, "missing.json")
+    with pytest.raises(ValueError, match="neither a plan file nor plan JSON"):
+        tfprune.apply_plan(model, '{"format": ')
     plan = {"format": "tfprune.plan", "version": 1, "removed": {"nope": {"out": [0]}}}
     with pytest.raises(ValueError, match="layer 'nope'"):
         tfprune.apply_plan(model, plan)

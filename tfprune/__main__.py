@@ -85,6 +85,8 @@ def _output_problem(path, flag="--out", suffixes=None):
 
 def _load(path):
     """A saved `.keras` model, or None (with the error printed)."""
+    if os.path.isdir(path):
+        return None, _fail(f"{path} is a directory, not a saved model file")
     if not os.path.isfile(path):
         return None, _fail(f"no such model file: {path}")
     import keras

@@ -599,14 +599,23 @@ def collect_statistics(model, data, steps=None):
         )
     if steps is not None and (not checks.is_integer(steps) or steps < 1):
         raise ValueError(f"Argument `steps` must be a positive int or None. Received: steps={steps!r}")
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise TypeError(
+            "Argument `data` must be an iterable of batches (inputs, or (inputs, targets) "
+            f"tuples). Received: data={data!r}"
+        )
     for wrapper in wrappers:
         wrapper._collecting = True
     try:
+        seen = 0
         for n, batch in enumerate(data):
             if steps is not None and n >= steps:
                 break
             inputs = batch[0] if isinstance(batch, tuple) else batch
             model(inputs, training=False)
+            seen += 1
+        if not seen:
+            raise ValueError(f"Argument `data` holds no batch: nothing to collect. Received: data={data!r}")
     finally:
         for wrapper in wrappers:
             wrapper._collecting = False

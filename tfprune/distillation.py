@@ -42,6 +42,15 @@ class Distiller(keras.Model):
                 raise TypeError(
                     f"Argument `{name}` must be a keras.Model. Received: {name}={model!r}"
                 )
+        widths = [
+            tuple(getattr(m, "outputs", None) or ()) and m.outputs[0].shape[-1] for m in (student, teacher)
+        ]
+        if all(widths) and widths[0] != widths[1]:
+            raise ValueError(
+                "Arguments `student` and `teacher` must output as many logits: the "
+                f"distillation term compares them class by class. Received: student "
+                f"'{student.name}' with {widths[0]}, teacher '{teacher.name}' with {widths[1]}"
+            )
         if not checks.is_finite_number(temperature) or temperature <= 0:
             raise ValueError(
                 f"Argument `temperature` must be a finite number > 0. Received: temperature={temperature!r}"

@@ -290,6 +290,9 @@ class Recipe:
         rate = training.get("learning_rate", 1.0)
         if not checks.is_finite_number(rate) or rate <= 0:
             _fail("training", f"`learning_rate` must be a finite number > 0. Received: learning_rate={rate!r}")
+        if "optimizer" in training:
+            with _located("training.optimizer"):
+                keras.optimizers.get(training["optimizer"])  # an identifier Keras knows
         thin = config.get("thin", False)
         if not isinstance(thin, bool):
             _fail("thin", f"must be true or false. Received: thin={thin!r}")

@@ -71,6 +71,8 @@ def oneshot(
         0.0): a copy, or `model` with `inplace=True`.
     """
     _check(sparsity, method, sparsity_m_by_n, dampening, block_size)
+    if not isinstance(inplace, bool):
+        raise TypeError(f"Argument `inplace` must be True or False. Received: inplace={inplace!r}")
     if scope not in ("layer", "owl"):
         raise ValueError(f"Argument `scope` must be 'layer' or 'owl'. Received: scope={scope!r}")
     if scope == "owl" and sparsity_m_by_n:
