@@ -648,7 +648,9 @@ def strip_pruning(model):
     weights, so its predictions equal the pruned model's. Sequential and
     Functional models are copied, uncompiled and without optimizer state (the
     pruned model can keep training); subclassed models are stripped in place
-    and returned. A single wrapper returns a copy of its layer.
+    and returned (their `__init__` still wraps layers, so a `.keras` file of
+    one loads wrapped: keep its weights with `save_weights`). A single
+    wrapper returns a copy of its layer.
 
     Args:
         model: a `keras.Model` (or a `PruneLowMagnitude` layer).
