@@ -344,6 +344,24 @@ def test_a_regularization_window_applies_the_penalty_only_inside_it(proximal):
     assert model.layers[0].kernel.regularizer is reg  # attached again after training
 
 
+def test_a_fit_after_a_window_closed_trains_with_the_penalty_again():
+    """The step compiled while the window was closed is not reused by the
+    next `fit`: the regularizer is attached again, and so is its penalty."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False, kernel_initializer="ones")])
+    reg = L1(0.1)
+    tfprune.regularize(model, reg)
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.zeros((4, 2), "float32")  # only the penalty moves the kernel: 0.01 per step
+    window = tfprune.regularizers.RegularizationWindow(reg, begin_step=4, end_step=8)
+    model.fit(x, x, batch_size=1, verbose=0, callbacks=[window])  # steps 0-3: closed
+    np.testing.assert_array_equal(to_numpy(model.layers[0].kernel), 1.0)
+    model.fit(x, x, batch_size=1, verbose=0, callbacks=[window])  # steps 4-7: open
+    np.testing.assert_allclose(to_numpy(model.layers[0].kernel), 0.96, rtol=0, atol=1e-6)
+    model.fit(x, x, batch_size=1, verbose=0, callbacks=[window])  # steps 8-11: closed again
+    model.fit(x, x, batch_size=1, verbose=0)  # no window: the penalty as attached
+    np.testing.assert_allclose(to_numpy(model.layers[0].kernel), 0.92, rtol=0, atol=1e-6)
+
+
 def test_regularization_window_arguments_are_checked():
     with pytest.raises(ValueError, match=r"begin_step=3, end_step=3"):
         tfprune.regularizers.RegularizationWindow(L1(0.1), begin_step=3, end_step=3)

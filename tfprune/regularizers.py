@@ -454,3 +454,4 @@ class RegularizationWindow(keras.callbacks.Callback):
             # first has restored the weights' own regularizer and constraint.
             self._saved = [s for s in self._saved if s[0].regularizer is None]
             self._switch(True)
+            self.model.train_function = None  # the next fit traces its step with them
