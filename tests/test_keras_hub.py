@@ -210,6 +210,19 @@ def test_engine_scopes_over_a_backbone(name, scope):
     assert max(per_weight) - min(per_weight) > 0.1  # budgets differ between weights
 
 
+@SAME_PATH_ON_JAX
+def test_a_regularized_backbone_keeps_its_penalties_when_pruned_and_stripped():
+    """A backbone's config does not hold its inner layers' regularizers: the
+    copies that pruning and stripping make carry them over, weight by weight."""
+    backbone = BACKBONES["bert"]()
+    tfprune.regularize(backbone, tfprune.regularizers.L1(0.01))
+    expected = sorted(float(to_numpy(loss)) for loss in backbone.losses)
+    pruned = tfprune.prune_low_magnitude(backbone, tfprune.ConstantSparsity(0.0, 0))
+    for model in (pruned, tfprune.strip_pruning(pruned)):
+        got = sorted(float(to_numpy(loss)) for loss in model.losses)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 def test_head_granularity_on_a_bert_backbone():
     backbone = BACKBONES["bert"]()
     pruned = tfprune.prune(backbone, None, granularity="head")

@@ -1,6 +1,7 @@
 """Sparsity by regularization: L1 / group lasso with soft thresholding, L0 gates,
 network slimming."""
 
+import json
 import math
 
 import keras
@@ -303,6 +304,22 @@ def test_channel_group_lasso_zeros_are_removed_by_thin(rng):
     small = tfprune.thin(model)
     assert small.get_layer("c1").filters == 5
     np.testing.assert_allclose(to_numpy(small(data)), to_numpy(model(data)), atol=1e-5)
+    # a plain model: the regularizer did its work, and the file loads without tfprune
+    assert small.losses == [] and "tfprune" not in json.dumps(small.get_config())
+    assert model.get_layer("c2").kernel.regularizer is not None  # the input keeps it
+
+
+def test_group_lasso_of_rows_refuses_a_kernel_of_another_rank_before_attaching():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="c"), keras.layers.Flatten(),
+         keras.layers.Dense(3, name="d")]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"needs a weight of rank 2; received shape \(3, 3, 1, 4\) "
+                       r"\(weight '.*c/kernel' of layer 'c'\)"):  # fmt: skip
+        tfprune.regularize(model, GroupLasso(0.1, granularity="row"))
+    assert all(w.regularizer is None for w in model.weights) and model.losses == []
+    tfprune.regularize(model, GroupLasso(0.1, granularity="row"), layers=["d"])
+    assert len(model.losses) == 1
 
 
 @SAME_PATH_ON_JAX

@@ -124,6 +124,11 @@ def copy_weights(source, target):
             "Its `get_config()` may not describe it completely."
         )
     target.set_weights(values)
+    for mine, theirs in zip(source.weights, target.weights):
+        # A regularizer attached to a weight that the layer's config does not
+        # describe (layers a KerasHub model builds itself) goes along.
+        if getattr(mine, "regularizer", None) is not None and getattr(theirs, "regularizer", 0) is None:
+            theirs.regularizer = mine.regularizer
 
 
 def _transfer_weights(source, target, weights_source):

@@ -233,6 +233,15 @@ def regularize(model, regularizer, layers=None, replace=False):
         raise ValueError(f"Model '{model.name}' has no prunable weights to regularize.")
     if not isinstance(replace, bool):
         raise TypeError(f"Argument `replace` must be True or False. Received: replace={replace!r}")
+    if isinstance(regularizer, GroupLasso):
+        for layer, variable, _ in found:
+            try:
+                regularizer._check(variable)
+            except ValueError as error:
+                raise ValueError(
+                    f"{str(error).rstrip('.')} (weight '{variable.path}' of layer '{layer.name}'); choose "
+                    "weights of that rank with `layers`."
+                ) from None
     held = [(layer, v) for layer, v, _ in found if getattr(v, "regularizer", None) is not None]
     if held and not replace:
         layer, variable = held[0]

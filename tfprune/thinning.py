@@ -254,8 +254,25 @@ def _edit_layer_configs(layer_configs, structure, keep):
             entry["config"] = _resized(entry["config"], structure.resizes[name], keep)
 
 
+def _without_own_regularizers(config):
+    """Drops tfprune's regularizers (L1, GroupLasso) from a model config, in
+    place: their work is the zeros thinning removes, and a plain model loads
+    without tfprune."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            registered = isinstance(value, dict) and str(value.get("registered_name", ""))
+            if key.endswith("_regularizer") and registered and registered.startswith("tfprune>"):
+                config[key] = None
+            else:
+                _without_own_regularizers(value)
+    elif isinstance(config, list):
+        for item in config:
+            _without_own_regularizers(item)
+
+
 def _rebuild(model, structure, keep):
     config = model.get_config()
+    _without_own_regularizers(config)
     with cloning._classes_in_scope(model):
         if isinstance(model, keras.Sequential):
             _edit_layer_configs(config["layers"], structure, keep)
