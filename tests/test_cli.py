@@ -297,13 +297,16 @@ def test_sensitivity_rows_are_the_layers_that_own_their_weights(rng):
         ({"sparsities": 0.5}, TypeError, r"sparsities=0.5"),
         ({"layers": "h"}, TypeError, r"layers='h'"),
         ({"y": np.zeros(3)}, ValueError, r"as many rows. Received: 64 rows of x, 3 of y"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be a positive int. Received: batch_size=0"),
+        ({"batch_size": "a"}, ValueError, r"batch_size='a'"),
+        ({"model": "m.keras"}, TypeError, r"`model` must be a keras.Model. Received: model='m.keras'"),
     ],
 )
 def test_sensitivity_refuses_bad_arguments(rng, kwargs, error, match):
     model, x, y = _classifier(rng)
-    arguments = {"x": x, "y": y, "verbose": 0, **kwargs}
+    arguments = {"model": model, "x": x, "y": y, "verbose": 0, **kwargs}
     with pytest.raises(error, match=match):
-        tfprune.sensitivity(model, **arguments)
+        tfprune.sensitivity(**arguments)
 
 
 def test_sensitivity_allocation_meets_the_overall_target():

@@ -43,6 +43,10 @@ def test_bad_regularizer_arguments():
         GroupLasso(0.1, granularity="block")
     with pytest.raises(ValueError, match="needs a weight of rank 2"):
         GroupLasso(0.1, granularity="row")(np.zeros((2, 2, 2), "float32"))
+    with pytest.raises(TypeError, match=r"`model` must be a Keras model or layer. Received: model='m'"):
+        tfprune.gate_report("m")
+    with pytest.raises(TypeError, match=r"`model` must be a pruned Keras model. Received: model='m'"):
+        tfprune.collect_statistics("m", [np.zeros((1, 2))])
 
 
 @SAME_PATH_ON_JAX

@@ -591,6 +591,8 @@ def collect_statistics(model, data, steps=None):
         data: an iterable of batches: inputs, or `(inputs, targets)` tuples.
         steps: the number of batches to use (default: all).
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Argument `model` must be a pruned Keras model. Received: model={model!r}")
     wrappers = collect_prunable_layers(model)
     if not any(w.pruner.criterion.needs_outputs for w in wrappers):
         raise ValueError(

@@ -325,6 +325,8 @@ def _readers(model):
 
 def gate_report(model):
     """`{gate name: (open channels, channels)}` at evaluation."""
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Argument `model` must be a Keras model or layer. Received: model={model!r}")
     return {
         g.name: (int(g.open_channels().sum()), int(g.open_channels().size))
         for g in gates_of(model)

@@ -201,8 +201,13 @@ def sensitivity(
         sparsities: fractions to try (0.0 is always measured too).
         granularity: `"element"` or `"filter"`.
         layers: layer names (default: every layer with prunable weights).
+        batch_size: rows per batch when measuring.
         verbose: 1 shows a `keras.utils.Progbar`.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
+    if not checks.is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     if granularity not in ("element", "filter"):
         raise ValueError(
             f"Argument `granularity` must be 'element' or 'filter'. Received: granularity={granularity!r}"
