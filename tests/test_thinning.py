@@ -125,10 +125,22 @@ def test_flops_of_einsum_dense_and_a_warning_for_layers_no_rule_counts():
     x3 = keras.Input((5, 7, 8))
     heads = keras.layers.EinsumDense("...c,cde->...de", output_shape=(2, 4))(x3)
     assert tfprune.count_flops(keras.Model(x3, heads)) == 2 * 5 * 7 * 8 * (2 * 4)
-    h = keras.layers.Bidirectional(keras.layers.LSTM(3), name="bi")(x)
-    model = keras.Model(x, keras.layers.Dense(2, name="d")(h))
-    with pytest.warns(UserWarning, match=r"no FLOPs for .*'bi' \(Bidirectional\)\. The total leaves"):
-        assert tfprune.count_flops(model) == 2 * 6 * 2  # the Dense alone
+    lstm = 2 * 5 * 4 * (8 * 3 + 3 * 3)  # 5 steps, 4 gates, input and recurrent kernels
+    both = keras.layers.Bidirectional(keras.layers.LSTM(3))(x)
+    assert tfprune.count_flops(keras.Model(x, both)) == 2 * lstm
+    steps = keras.layers.TimeDistributed(keras.layers.Dense(4))(x)
+    assert tfprune.count_flops(keras.Model(x, steps)) == 5 * 2 * 8 * 4
+
+    class Twice(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], 6))
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.w)
+
+    model = keras.Model(x, keras.layers.Dense(2, name="d")(Twice(name="mine")(x)))
+    with pytest.warns(UserWarning, match=r"no FLOPs for .*'mine' \(Twice\)\. The total leaves"):
+        assert tfprune.count_flops(model) == 2 * 5 * 6 * 2  # the Dense alone
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tfprune.count_flops(same_as_dense)  # every layer counted: no warning

@@ -507,6 +507,51 @@ def recurrent(b, layer, node, inputs):
     return [units for _ in node.outputs]  # sequences, and the h (and c) states
 
 
+class _Call:
+    """What a rule reads of a node: its tensors (and call arguments)."""
+
+    def __init__(self, input_shapes, output_shapes):
+        self.input_tensors = [keras.KerasTensor(shape) for shape in input_shapes]
+        self.outputs = [keras.KerasTensor(shape) for shape in output_shapes]
+        self.arguments = None
+
+
+def _inner_flops(b, layer, inner, input_shape, output_shape, times=1):
+    """Counts `times` calls of `inner` (a wrapped layer's own layer) on
+    tensors of these shapes as `layer`'s FLOPs, every channel kept: its rule
+    runs on a scratch graph. A layer no rule describes stays uncounted."""
+    rule = rule_for(inner)
+    if rule is None or rule is passthrough:
+        b.unruled.add(layer.name)
+        return
+    scratch = _Builder()
+    rule(scratch, inner, _Call([input_shape], [output_shape]), [scratch.new(int(input_shape[-1] or 1))])
+    flops = sum(t.coefficient * math.prod(len(s) for s in t.spaces) for t in scratch.costs["flops"])
+    b.cost(layer, "flops", times * flops)
+
+
+def time_distributed(b, layer, node, inputs):
+    """Fixed channels; FLOPs: the inner layer's on one step, times the steps."""
+    out = _unknown(b, layer, inputs, node.outputs, " (channels inside a TimeDistributed)")
+    x, y = node.input_tensors[0].shape, node.outputs[0].shape
+    step_in, step_out = (x[0], *x[2:]), (y[0], *y[2:])
+    _inner_flops(b, layer, layer.layer, step_in, step_out, times=x[1] or 1)
+    return out
+
+
+def bidirectional(b, layer, node, inputs):
+    """Fixed channels; FLOPs: the forward and the backward layer's."""
+    out = _unknown(b, layer, inputs, node.outputs, " (channels of a Bidirectional)")
+    x = node.input_tensors[0].shape
+    for inner in (layer.forward_layer, layer.backward_layer):
+        units = getattr(getattr(inner, "cell", None), "units", None)
+        if not isinstance(units, int):  # a cell without one width: not counted
+            b.unruled.add(layer.name)
+            continue
+        _inner_flops(b, layer, inner, x, (x[0], units))
+    return out
+
+
 def merge(b, layer, node, inputs):
     """Element-wise merges: channel `c` of every input goes together."""
     widest = max(len(s) for s in inputs)
@@ -613,6 +658,8 @@ RULES = {
     L.Conv3D: conv,
     L.Dense: dense,
     L.EinsumDense: einsum_dense,
+    L.TimeDistributed: time_distributed,
+    L.Bidirectional: bidirectional,
     L.Embedding: embedding,
     L.MultiHeadAttention: multi_head_attention,
     L.LSTM: recurrent,

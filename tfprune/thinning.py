@@ -518,9 +518,8 @@ def count_flops(model):
     """FLOPs of one forward pass of one example (2 per multiply-accumulate of
     convolutions, dense layers and attention; element-wise work not counted).
 
-    Layers with weights that no channel rule describes (`TimeDistributed`,
-    `Bidirectional`, a KerasHub `TransformerEncoder`, custom layers) count
-    no FLOPs: a warning names them.
+    Layers with weights that no rule describes (a KerasHub
+    `TransformerEncoder`, custom layers) count no FLOPs: a warning names them.
     """
     _check_graph_model(model)
     structure = graph_lib.build(plain(model), strict=False)
