@@ -56,6 +56,36 @@ def test_pruning_summaries_writes_sparsity_and_threshold(tmp_path):
     assert scalars[tag][-1][1] == pytest.approx(threshold)
 
 
+@only_backends("tensorflow", reason="backend-independent callback logic; TensorFlow writes the events")
+def test_pruning_summaries_in_tfmots_custom_loop_write_at_epoch_begin(tmp_path):
+    """TFMOT's guide calls `on_epoch_begin` only; a callback not yet given a
+    model says so."""
+    pytest.importorskip("tensorboard", reason="reading event files needs tensorboard")
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    with pytest.raises(ValueError, match=r"`PruningSummaries.on_epoch_end\(\)` was called before `set_model"):
+        tfprune.PruningSummaries(log_dir=str(tmp_path / "none")).on_epoch_end(0)
+    x, y = data((20,), n=8)
+    model = compile_model(tfprune.prune_low_magnitude(mlp(), tfprune.ConstantSparsity(0.75, 0, frequency=1)))
+    step, log = tfprune.UpdatePruningStep(), tfprune.PruningSummaries(log_dir=str(tmp_path))
+    for callback in (step, log):
+        callback.set_model(model)
+    step.on_train_begin()
+    for epoch in range(2):
+        log.on_epoch_begin(epoch=epoch)  # as the guide's loop: before the epoch's steps
+        model.train_on_batch(x, y)
+        step.on_epoch_end(epoch)
+    seen = {}
+    for f in (tmp_path / "train").glob("events.out.tfevents.*"):
+        acc = event_accumulator.EventAccumulator(str(f), size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["tensors"]:
+            if tag.endswith("/sparsity"):
+                seen.setdefault(tag, []).extend(float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag))
+    assert len(seen) == 2 and all(values == [0.0, pytest.approx(0.75, abs=1e-3)] for values in seen.values())
+
+
 def test_update_pruning_step_finds_wrappers_anywhere():
     class Block(keras.layers.Layer):
         def __init__(self, **kwargs):

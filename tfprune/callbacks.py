@@ -203,8 +203,9 @@ class PruningSummaries(keras.callbacks.TensorBoard):
 
     Writes `<mask path>/sparsity` and `<threshold path>/threshold` for every
     pruned weight at each epoch end, at the optimizer's iteration count, beside
-    the usual `TensorBoard` logs. Needs TensorFlow and TensorBoard
-    (`pip install tfprune[tensorflow]`).
+    the usual `TensorBoard` logs. In a custom training loop that calls only
+    `on_epoch_begin` (TFMOT's guide does), it writes there. Needs TensorFlow
+    and TensorBoard (`pip install tfprune[tensorflow]`).
 
     Args:
         log_dir: directory of the event files, a non-empty string.
@@ -221,9 +222,27 @@ class PruningSummaries(keras.callbacks.TensorBoard):
         _check_summary_writer()
         super().__init__(log_dir=os.fspath(log_dir), update_freq=update_freq, **kwargs)
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._fitting = True
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self._fitting = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if getattr(self, "_fitting", False):
+            return super().on_epoch_begin(epoch, logs)
+        _check_model(self, "on_epoch_begin")
+        self._write()  # a custom loop: this is its one call per epoch
+
     def on_epoch_end(self, epoch, logs=None):
+        _check_model(self, "on_epoch_end")
         if logs is not None:
             super().on_epoch_end(epoch, logs)
+        self._write()
+
+    def _write(self):
         import tensorflow as tf
 
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))

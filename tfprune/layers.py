@@ -342,8 +342,9 @@ def uninterpretable_weights(layer):
     return found
 
 
-def check_interpretable(layers):
-    """Raises one `ValueError` naming every layer whose weights can't be read."""
+def check_interpretable(layers, wrapped=False):
+    """Raises one `ValueError` naming every layer whose weights can't be read
+    (`wrapped`: layers the user wrapped one by one)."""
     problems = {}
     for layer in layers:
         for (path, kind), names in uninterpretable_weights(layer).items():
@@ -361,9 +362,13 @@ def check_interpretable(layers):
         + "\n".join(lines)
         + "\nWays out: make the layer a `tfprune.PrunableLayer` (implement "
         "`get_prunable_weights()`; return [] to prune nothing); describe its "
-        "type with `tfprune.layers.register(cls, specs)`; or wrap only the "
-        "layers you want with `keras.models.clone_model(model, "
-        "clone_function=...)` and `tfprune.prune_low_magnitude(layer)`."
+        "type with `tfprune.layers.register(cls, specs)`; or "
+        + (
+            "leave it unwrapped."
+            if wrapped
+            else "wrap only the layers you want with `keras.models.clone_model(model, "
+            "clone_function=...)` and `tfprune.prune_low_magnitude(layer)`."
+        )
     )
 
 

@@ -63,8 +63,8 @@ class _MaskConstraint(keras.constraints.Constraint):
     On JAX the optimizer updates the weights in a scope of its own, where
     the mask variable is not part of a compiled step's state: there the
     layer hands over the mask its training step received (`step_mask`, set
-    by each call inside `fit`); a compiled step without one leaves the
-    weight to the masked forward pass.
+    by each call inside `fit`); a step without one leaves the weight to the
+    masked forward pass.
     """
 
     def __init__(self, mask, inner=None):
@@ -79,7 +79,9 @@ class _MaskConstraint(keras.constraints.Constraint):
             return backend.masked_in_place(w, self.mask)
         mask, self.step_mask = self.step_mask, None  # used by one update only
         if mask is None:
-            if backend.traced(w):
+            # Traced, or in the optimizer's own scope (JAX `fit` without
+            # `jit_compile`): the mask variable cannot be read there.
+            if backend.traced(w) or _stateless_scope.in_stateless_scope():
                 return w
             mask = self.mask.value
         return backend.masked(w, mask)
@@ -165,7 +167,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.sparsity_m_by_n = (
             tuple(int(v) for v in sparsity_m_by_n) if sparsity_m_by_n else None
         )
-        layer_specs.check_interpretable([layer])  # built layers: before anything
+        layer_specs.check_interpretable([layer], wrapped=True)  # built layers: before anything
         layer_specs.attach_get_prunable_weights(layer)  # TFMOT's make_prunable
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
@@ -294,7 +296,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def _create_pruning_state(self):
         if self._state_built:
             return
-        layer_specs.check_interpretable([self.layer])
+        layer_specs.check_interpretable([self.layer], wrapped=True)
         weights = self.pruner.weights(self.layer)
         self.pruner.validate([w for w, _ in weights], [s for _, s in weights])
         pruning_vars = []
