@@ -221,6 +221,7 @@ class PruningSummaries(keras.callbacks.TensorBoard):
             )
         _check_summary_writer()
         super().__init__(log_dir=os.fspath(log_dir), update_freq=update_freq, **kwargs)
+        self._fitting = False  # inside `fit` (between its train begin and end)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -231,7 +232,7 @@ class PruningSummaries(keras.callbacks.TensorBoard):
         self._fitting = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        if getattr(self, "_fitting", False):
+        if self._fitting:
             return super().on_epoch_begin(epoch, logs)
         _check_model(self, "on_epoch_begin")
         self._write()  # a custom loop: this is its one call per epoch

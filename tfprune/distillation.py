@@ -42,9 +42,8 @@ class Distiller(keras.Model):
                 raise TypeError(
                     f"Argument `{name}` must be a keras.Model. Received: {name}={model!r}"
                 )
-        widths = [
-            tuple(getattr(m, "outputs", None) or ()) and m.outputs[0].shape[-1] for m in (student, teacher)
-        ]
+        outputs = [getattr(m, "outputs", None) for m in (student, teacher)]
+        widths = [found[0].shape[-1] if found else None for found in outputs]
         if all(widths) and widths[0] != widths[1]:
             raise ValueError(
                 "Arguments `student` and `teacher` must output as many logits: the "

@@ -521,7 +521,7 @@ def _inner_flops(b, layer, inner, input_shape, output_shape, times=1):
     tensors of these shapes as `layer`'s FLOPs, every channel kept: its rule
     runs on a scratch graph. A layer no rule describes stays uncounted."""
     rule = rule_for(inner)
-    if rule is None or rule is passthrough:
+    if rule is None:
         b.unruled.add(layer.name)
         return
     scratch = _Builder()

@@ -161,7 +161,8 @@ class Binding:
         min_sparsity=None,
         max_sparsity=None,
         wrapped=None,
-        ranked=None,
+        scored=(),
+        criterion=None,
     ):
         self.structure = structure
         self.size = structure.size
@@ -174,9 +175,9 @@ class Binding:
                     for m in members:
                         if m.role != "carry":
                             self.eligible[m.units] = False
-        if ranked is not None:  # a channel the criterion gives no score stays
-            self.eligible &= ranked
         self.axes = weight_axes(structure)
+        if scored:  # wrappers the criterion scores: a channel it gives no score stays
+            self.eligible &= ranked_units(self.size, self.axes, scored, criterion)
 
         self.groups = []  # (start, stop, eligible count, fixed count, low, high)
         for g in structure.groups:
@@ -325,12 +326,12 @@ def _scored_slices(axes, members, criterion):
                     yield variable, score, axis, units
 
 
-def ranked_units(structure, members, criterion):
-    """Which units some scored weight slice covers. A criterion may score a
-    few weights only (`"bn_scale"`: normalizations' scales), and a channel
-    with no score would be ranked by its position: it stays."""
-    ranked = np.zeros(structure.size, dtype=bool)
-    for *_, units in _scored_slices(weight_axes(structure), members, criterion):
+def ranked_units(size, axes, members, criterion):
+    """Which of `size` units some scored weight slice covers. A criterion may
+    score a few weights only (`"bn_scale"`: normalizations' scales), and a
+    channel with no score would be ranked by its position: it stays."""
+    ranked = np.zeros(size, dtype=bool)
+    for *_, units in _scored_slices(axes, members, criterion):
         ranked[units] = True
     return ranked
 
@@ -340,10 +341,10 @@ def bind(pruner, model):
     structure = graph_lib.build(model, pruner.granularity.selects)
     wrapped = {m.layer.name for m in pruner.members} if pruner.members else None
     members = [m for m in pruner.members if m._state_built]
-    ranked = ranked_units(structure, members, pruner.criterion) if members else None
     pruner.binding = Binding(
-        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped, ranked
-    )
+        structure, pruner.granularity, pruner.min_sparsity, pruner.max_sparsity, wrapped,
+        members, pruner.criterion,
+    )  # fmt: skip
     final = schedules_lib.final_sparsity(pruner.pruning_schedule)  # None without a schedule
     warn_if_out_of_reach(pruner.binding, final, "the schedule's final sparsity")
     return pruner.binding
