@@ -411,7 +411,7 @@ def test_a_blocked_path_says_why_the_rule_cannot_follow_it():
 
 
 @graph_logic
-def test_bad_plans_are_refused():
+def test_bad_plans_are_refused(tmp_path):
     model = zoo()
     with pytest.raises(ValueError, match="Argument `plan` must be"):
         tfprune.apply_plan(model, {"removed": {}})
@@ -419,6 +419,9 @@ def test_bad_plans_are_refused():
         tfprune.apply_plan(model, "missing.json")
     with pytest.raises(ValueError, match="neither a plan file nor plan JSON"):
         tfprune.apply_plan(model, '{"format": ')
+    (tmp_path / "garbled.json").write_text("not json")  # a file that exists: its content is wrong
+    with pytest.raises(ValueError, match="neither a plan file nor plan JSON"):
+        tfprune.apply_plan(model, str(tmp_path / "garbled.json"))
     plan = {"format": "tfprune.plan", "version": 1, "removed": {"nope": {"out": [0]}}}
     with pytest.raises(ValueError, match="layer 'nope'"):
         tfprune.apply_plan(model, plan)

@@ -81,7 +81,7 @@ class Plan:
         if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
             with open(source) as f:
                 source = f.read()
-        if isinstance(source, os.PathLike) or (
+        elif isinstance(source, os.PathLike) or (
             isinstance(source, str) and not source.lstrip().startswith("{")
         ):
             raise ValueError(f"Argument `plan`: no such plan file. Received: plan={str(source)!r}")
