@@ -17,11 +17,18 @@ import inspect
 
 import keras
 
-from tfprune import backend, checks, cloning, graph, masking, scoring, structured, updater
-from tfprune import granularity as granularity_lib
+from tfprune import (
+    arguments,
+    backend,
+    checks,
+    cloning,
+    graph,
+    masking,
+    structured,
+    updater,
+)
 from tfprune import layers as layer_specs
 from tfprune import schedules as schedules_lib
-from tfprune.policy import PruningPolicy
 from tfprune.pruner import Pruner
 from tfprune.schedules import ConstantSparsity
 from tfprune.wrapper import PruneLowMagnitude, collect_prunable_layers
@@ -82,7 +89,7 @@ def prune_low_magnitude(
         "sparsity_m_by_n": sparsity_m_by_n,
     }
     masking.granularity_from_args(block_size, block_pooling_type, sparsity_m_by_n)
-    _check_policy(pruning_policy)
+    arguments.check_policy(pruning_policy)
 
     def wrap(layer):
         return PruneLowMagnitude(layer, **params)
@@ -169,13 +176,13 @@ def prune(
     Returns:
         The wrapped model, layer or list.
     """
-    selected = _layer_selector(layers)
+    selected = arguments.layer_selector(layers)
     coupled = (
         isinstance(to_prune, keras.Model)
         and cloning.is_graph_model(to_prune)
         and granularity in ("filter", "channel")
     )
-    chosen = _chosen_granularity(
+    chosen = arguments.chosen_granularity(
         coupled, granularity, scope, reduction, budget, round_to,
         block_size, block_pooling_type, sparsity_m_by_n,
     )  # fmt: skip
@@ -203,7 +210,7 @@ def prune(
                 "granularity='element', or `tfprune.granularity.Filter()` for each layer's "
                 "filters on their own, prunes without the graph."
             )
-        _check_limits(
+        arguments.check_limits(
             min_sparsity, max_sparsity,
             {p for g in structure.groups if structure.prunable[g.units].any() for p in g.producers},
             "the producers of its coupled channel groups",
@@ -213,13 +220,13 @@ def prune(
             scope = "global"  # a FLOPs or parameter budget is shared by all groups
     pruner = Pruner(
         pruning_schedule,
-        criterion=_criterion(criterion, seed),
+        criterion=arguments.criterion_from(criterion, seed),
         granularity=chosen,
         scope=scope,
         min_sparsity=min_sparsity,
         max_sparsity=max_sparsity,
     )
-    _check_policy(pruning_policy)
+    arguments.check_policy(pruning_policy)
     wrapped_names = structured.wrapped_layer_names(structure) if coupled else None
 
     def applies_to(layer):
@@ -239,14 +246,14 @@ def prune(
 
     single = isinstance(to_prune, keras.layers.Layer) and not isinstance(to_prune, keras.Model)
     if single or isinstance(to_prune, (list, tuple)) or cloning.is_graph_model(to_prune):
-        _check_names([to_prune] if single else to_prune, layers, pruner)
+        arguments.check_names([to_prune] if single else to_prune, layers, pruner)
     if single:
         if not applies_to(to_prune):
             raise ValueError(
                 f"Layer '{to_prune.name}' has no weights this pruner can prune "
                 f"(granularity={pruner.granularity!r}, layers={layers!r})."
             )
-        _check_limits(min_sparsity, max_sparsity, {to_prune.name}, "the layers it wraps")
+        arguments.check_limits(min_sparsity, max_sparsity, {to_prune.name}, "the layers it wraps")
         wrapped = wrap(to_prune)
         updater.bind([wrapped])
         return wrapped
@@ -257,7 +264,7 @@ def prune(
         else collect_prunable_layers(result)
     )
     if not coupled:
-        _check_limits(
+        arguments.check_limits(
             min_sparsity, max_sparsity,
             {w.layer.name for w in wrappers if w.pruner is pruner}, "the layers it wraps",
         )  # fmt: skip
@@ -271,17 +278,6 @@ def prune(
     if coupled:
         structured.bind(pruner, result)
     return result
-
-
-def _criterion(criterion, seed):
-    if seed is not None:
-        if criterion != "random":
-            raise ValueError(
-                "Argument `seed` applies to criterion='random' only. "
-                f"Received: criterion={criterion!r}, seed={seed!r}"
-            )
-        return scoring.Random(seed)
-    return criterion
 
 
 def check_arguments(**options):
@@ -304,146 +300,18 @@ def check_arguments(**options):
     if unknown:
         raise TypeError(f"`prune` has no arguments {unknown}. Its options: {sorted(defaults)}")
     a = {**defaults, **options}
-    chosen = _chosen_granularity(
+    chosen = arguments.chosen_granularity(
         a["granularity"] in ("filter", "channel"), a["granularity"], a["scope"], a["reduction"],
         a["budget"], a["round_to"], a["block_size"], a["block_pooling_type"], a["sparsity_m_by_n"],
     )  # fmt: skip
     Pruner(
         None,
-        criterion=_criterion(a["criterion"], a["seed"]),
+        criterion=arguments.criterion_from(a["criterion"], a["seed"]),
         granularity=chosen,
         scope=a["scope"],
         min_sparsity=a["min_sparsity"],
         max_sparsity=a["max_sparsity"],
     )
-
-
-def _chosen_granularity(
-    coupled, granularity, scope, reduction, budget, round_to,
-    block_size, block_pooling_type, sparsity_m_by_n,
-):  # fmt: skip
-    """The granularity `prune`'s arguments name (coupled: `structured.Coupled`)."""
-    _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n)
-    if coupled:
-        chosen = structured.Coupled(granularity, reduction, budget, round_to)  # validates
-        if budget != "channels" and scope not in ("layer", "global"):
-            raise ValueError(
-                "A FLOPs or parameter budget ranks channels globally. "
-                f"Received: budget={budget!r}, scope={scope!r}"
-            )
-        return chosen
-    if budget != "channels" or round_to is not None:
-        raise ValueError(
-            "Arguments `budget` and `round_to` apply to granularity='filter' or "
-            "'channel' on a Sequential or Functional model (coupled channels). "
-            f"Received: granularity={granularity!r}, budget={budget!r}, round_to={round_to!r}"
-        )
-    return _granularity(granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n)
-
-
-def _check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n):
-    """Block and N:M options given to a granularity that does not use them are refused."""
-    given = {}
-    if block_size is None or tuple(block_size) != (1, 1):
-        given["block_size"] = block_size
-    if block_pooling_type != "AVG":
-        given["block_pooling_type"] = block_pooling_type
-    if sparsity_m_by_n is not None:
-        given["sparsity_m_by_n"] = sparsity_m_by_n
-    uses = {
-        "element": set(given),  # TFMOT's arguments name the granularity
-        "block": {"block_size", "block_pooling_type"},
-        "m_by_n": {"sparsity_m_by_n"},
-    }.get(granularity if isinstance(granularity, str) else None, set())
-    unused = {name: value for name, value in given.items() if name not in uses}
-    if unused:
-        received = ", ".join(f"{name}={value!r}" for name, value in unused.items())
-        raise ValueError(
-            f"Argument(s) {', '.join(f'`{n}`' for n in unused)} do not apply to "
-            f"granularity={granularity!r} (block_size and block_pooling_type: 'block' or "
-            f"'element'; sparsity_m_by_n: 'm_by_n' or 'element'). Received: {received}"
-        )
-
-
-def _granularity(granularity, reduction, block_size, block_pooling_type, sparsity_m_by_n):
-    masking.granularity_from_args(block_size, block_pooling_type, sparsity_m_by_n)
-    if granularity == "element" and (tuple(block_size) != (1, 1) or sparsity_m_by_n):
-        return granularity_lib.from_tfmot_args(block_size, block_pooling_type, sparsity_m_by_n)
-    if isinstance(granularity, str) and granularity in ("filter", "channel", "row", "column", "head"):
-        return granularity_lib.GRANULARITIES[granularity](reduction)
-    if reduction != "mean":
-        raise ValueError(
-            "Argument `reduction` applies to structures (filter, channel, row, column, "
-            f"head). Received: granularity={granularity!r}, reduction={reduction!r}"
-        )
-    return granularity_lib.get(granularity, block_size, block_pooling_type, sparsity_m_by_n)
-
-
-def _layer_selector(layers):
-    if layers is None:
-        return lambda layer: True
-    if callable(layers):
-        return layers
-    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(
-            "Argument `layers` must be a list of layer names or a function "
-            f"`layer -> bool`. Received: layers={layers!r}"
-        )
-    names = set(layers)
-    return lambda layer: layer.name in names
-
-
-def _check_names(target, layers, pruner):
-    """Names given in `layers` or a per-layer dict must name layers of the
-    target: a graph model, or a list of layers."""
-    if isinstance(target, keras.Model):
-        everything = target._flatten_layers(include_self=False, recursive=True)
-        holder = f"model '{target.name}'"
-    else:
-        everything = [
-            inner
-            for layer in target
-            if isinstance(layer, keras.layers.Layer)
-            for inner in layer._flatten_layers(include_self=True, recursive=True)
-        ]
-        holder = "the layers given"
-    known = {layer.name for layer in everything}  # a wrapper's layer is flattened too
-    named = {}
-    if layers is not None and not callable(layers):
-        named["layers"] = list(layers)
-    for option in ("min_sparsity", "max_sparsity"):
-        if isinstance(getattr(pruner, option), dict):
-            named[option] = list(getattr(pruner, option))
-    if pruner.scope.layer_names is not None:
-        named["scope"] = list(pruner.scope.layer_names)
-    for argument, names in named.items():
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(
-                f"Argument `{argument}` names layers not in {holder}: {unknown}. "
-                f"Its layers: {sorted(known)}"
-            )
-
-
-def _check_limits(min_sparsity, max_sparsity, limited, what):
-    """Per-layer limits must name layers the pruner sets a sparsity for."""
-    for option, value in (("min_sparsity", min_sparsity), ("max_sparsity", max_sparsity)):
-        if isinstance(value, dict):
-            idle = [name for name in value if name not in limited]
-            if idle:
-                raise ValueError(
-                    f"Argument `{option}` names layers this pruner does not prune: {idle} "
-                    f"(limits apply to {what}: {sorted(limited)}). Received: {option}={value!r}"
-                )
-
-
-def _check_policy(pruning_policy):
-    if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
-        raise TypeError(
-            "Argument `pruning_policy` must be a `tfprune.PruningPolicy` instance "
-            f"or None. Received: pruning_policy={pruning_policy!r} of type "
-            f"{type(pruning_policy).__name__}"
-        )
 
 
 def _wrap(to_prune, wrap, applies_to, pruning_policy, function):

@@ -311,7 +311,7 @@ def _readers(model):
 
     found = {}
     producer = {}
-    for node in graph_lib._nodes(model):
+    for node in graph_lib.nodes(model):
         op = node.operation
         for t in node.input_tensors:
             if id(t) in producer:

@@ -96,10 +96,20 @@ def _kernel(in_axis=-2, out_axis=-1):
 _CELL = (WeightSpec("kernel", 0, 1), WeightSpec("recurrent_kernel", 0, 1))
 
 
+def einsum_letters(layer):
+    """An `EinsumDense`'s equation as its input, kernel and output letters.
+
+    >>> einsum_letters(keras.layers.EinsumDense("btd,ndh->btnh", (None, 2, 4)))
+    ('btd', 'ndh', 'btnh')
+    """
+    inputs, rest = layer.equation.replace(" ", "").split(",")
+    kernel, output = rest.split("->")
+    return inputs, kernel, output
+
+
 def _einsum_specs(layer):
     """`EinsumDense`: channel axes read from the equation (`"btd,ndh->btnh"`)."""
-    inputs, rest = layer.equation.split(",")
-    kernel, output = rest.split("->")
+    inputs, kernel, output = einsum_letters(layer)
     contracted = [i for i, c in enumerate(kernel) if c in inputs and c not in output]
     produced = [i for i, c in enumerate(kernel) if c in output and c not in inputs]
     return (

@@ -135,7 +135,7 @@ def _rule(op, node, zeros):
             return [np.logical_or.reduce(wide + narrow)]
         return [np.logical_and.reduce(wide + narrow)]
     if not isinstance(op, keras.layers.Layer) and len(zeros) == 1:  # keras.ops unary nodes
-        if name in graph_lib._UNARY_OPS and keeps_zero(getattr(keras.ops, _snake(name), None)):
+        if name in graph_lib.UNARY_OPS and keeps_zero(getattr(keras.ops, _snake(name), None)):
             return [first]
     return [np.zeros(t.shape[-1] or 1, bool) if len(t.shape) else np.zeros(1, bool)
             for t in node.outputs]  # fmt: skip
@@ -162,9 +162,9 @@ def _reads(op, node, zeros, found):
         _add(found, (op.name, "kernel", 0), first)
     elif isinstance(op, L.MultiHeadAttention):
         by_id = {id(t): z for t, z in zip(node.input_tensors, zeros)}
-        query = graph_lib._call_input(node, "query", 0)
-        value = graph_lib._call_input(node, "value", 1)
-        key = graph_lib._call_input(node, "key", 2)
+        query = graph_lib.call_input(node, "query", 0)
+        value = graph_lib.call_input(node, "value", 1)
+        key = graph_lib.call_input(node, "key", 2)
         key = value if key is None else key
         for part, tensor in (("_query_dense", query), ("_key_dense", key), ("_value_dense", value)):
             _add(found, (op.name, f"{part}.kernel", 0), by_id[id(tensor)])
@@ -179,12 +179,12 @@ def _add(found, key, dead):
 
 def _walk(model, found, inputs=None):
     zeros = {}
-    graph = graph_lib._graph(model)
+    graph = graph_lib.graph_of(model)
     if inputs is not None:
         for tensor, z in zip(graph.inputs, inputs):
             zeros[id(tensor)] = z
-    for node in graph_lib._nodes(model):
-        op = graph_lib._inner(node.operation)
+    for node in graph_lib.nodes(model):
+        op = graph_lib.unwrapped(node.operation)
         if node.is_input:
             if inputs is None:
                 for t in node.outputs:

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfprune import layers as layers_lib
+
 
 @dataclasses.dataclass
 class LayerView:
@@ -134,9 +136,8 @@ def _conv_view(layer):
 
 
 def _einsum_view(layer):
-    equation = layer.equation.replace(" ", "")
-    inputs, rest = equation.split(",")
-    kernel, output = rest.split("->")
+    inputs, kernel, output = layers_lib.einsum_letters(layer)
+    equation = f"{inputs},{kernel}->{output}"
     if "." in kernel:
         raise ValueError(f"Layer '{layer.name}': equation {equation!r} has '...' in the kernel.")
     contracted = [c for c in kernel if c in inputs and c not in output]

@@ -1,48 +1,25 @@
-"""The channel dependency graph of a Sequential or Functional model.
+"""How each layer type maps channels: one rule per layer class.
 
-Removing output channel `c` of a `Conv2D` also removes channel `c` of the
-`BatchNormalization` after it, the input slice `c` of every layer reading
-it, and channel `c` of every tensor added to it by a residual connection.
-`build(model)` finds these couplings: every channel of every tensor is a
-*slot*; the rule of each layer type says how its output slots relate to its
-input slots, and slots that must be removed together are joined into one
-*unit*. A *group* is the set of units one channel space holds (a producer's
-output channels and everything tied to them by merges): layer-wise budgets
-prune a fraction of each group.
-
-Each rule also names the layer's weights and the unit of each index of
-their channel axes (its *members*), with a role:
-
-- `"write"`: the weight computes the channel (a producer's kernel slice and
-  bias, a normalization's scale and shift, a depthwise kernel). Masked.
-- `"read"`: the weight reads the channel (a consumer's input slice). Masked.
-  A unit all of whose reads are exactly zero can be removed without
-  changing any output: this is what `thin` checks.
-- `"carry"`: sliced along when a channel is removed, never masked
-  (BatchNormalization's moving statistics).
-
-and the layer's cost in parameters and FLOPs as a polynomial in its channel
-counts (FLOPs are `2 x` multiply-accumulates of convolutions, dense and
+A rule is `rule(b, layer, node, inputs) -> [slots of each output]`: `b` is
+the `Builder`, `node` the call (its `input_tensors`, `outputs`,
+`arguments`), `inputs` the slots of each input tensor. It ties slots that
+go together, names the layer's weights (`b.member`) and its costs
+(`b.cost`: FLOPs are `2 x` multiply-accumulates of convolutions, dense and
 attention products; element-wise work is not counted).
 
 Rules live in one table, `RULES`, matched most specific class first;
-`register(cls, rule)` adds one. A channel reaching a model output, coming
-from a model input, or normalized together with its neighbours
-(`LayerNormalization`, a softmax) is *fixed*: never removed. A layer with
-no rule that reads channels of a unit makes that unit *blocked*: asking to
-prune it raises an error naming the layer.
+`register(cls, rule)` adds one. `opaque` is what a layer without a rule
+gets: its inputs are blocked, its outputs fixed.
 
-Example:
->>> x = keras.Input((8, 8, 3))
->>> y = keras.layers.Conv2D(4, 3, name="a")(x)
->>> y = keras.layers.BatchNormalization(name="bn")(y)
->>> model = keras.Model(x, keras.layers.Conv2D(2, 1, name="b")(y))
->>> structure = build(model)
->>> [(g.name, g.size) for g in structure.groups if g.prunable]
-[('a', 4)]
+Example: a custom element-wise activation layer passes channels through:
+>>> class Swish(keras.layers.Layer):
+...     def call(self, x):
+...         return x * keras.ops.sigmoid(x)
+>>> register(Swish, passthrough)
+>>> rule_for(Swish()) is passthrough
+True
 """
 
-import dataclasses
 import importlib
 import math
 
@@ -51,151 +28,10 @@ import numpy as np
 from keras import layers as L
 
 from tfprune import cloning
-
-ROLES = ("write", "read", "carry")
-
-
-@dataclasses.dataclass
-class Member:
-    """One channel axis of one weight of a layer, in units."""
-
-    layer: str
-    path: str
-    axis: int
-    slots: np.ndarray
-    role: str
-    units: np.ndarray = None  # filled in by `Structure`
+from tfprune import layers as layers_lib
+from tfprune.graph.builder import Builder
 
 
-@dataclasses.dataclass
-class Group:
-    """The units of one channel space."""
-
-    name: str
-    units: np.ndarray  # unit indices
-    producers: tuple
-    prunable: bool
-    reason: str = ""
-
-    @property
-    def size(self):
-        return int(len(self.units))
-
-
-@dataclasses.dataclass
-class Term:
-    """`coefficient x product of kept counts of `spaces``, for one layer."""
-
-    layer: str
-    coefficient: float
-    spaces: tuple  # slot arrays; the count of a space is its kept positions
-
-
-class UnknownLayerError(ValueError):
-    """A layer without a channel rule reads channels that would be removed."""
-
-
-class _Builder:
-    """Union-find over channel slots, filled by the rules."""
-
-    def __init__(self):
-        self.parent = []
-        self.group_parent = []
-        self.producer = []  # per slot: (layer name, index) or None
-        self.fixed = {}  # slot -> reason
-        self.blocked = {}  # slot -> (layer name, why no rule follows it)
-        self.members = {}  # (layer, path, axis) -> Member
-        self.costs = {"flops": [], "params": []}
-        self.counted_params = set()
-        self.fresh_cache = {}
-        self.layers = {}  # name -> layer
-        self.resizes = {}  # layer name -> [(config key, slots)]
-        self.unruled = set()  # names of the layers no rule describes
-
-    # ----------------------------------------------------------- union-find
-    def _find(self, parent, i):
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def find(self, i):
-        return self._find(self.parent, i)
-
-    def union(self, a, b):
-        """Slots `a[i]` and `b[i]` are removed together (same unit)."""
-        for i, j in zip(np.asarray(a).tolist(), np.asarray(b).tolist()):
-            ri, rj = self.find(i), self.find(j)
-            if ri != rj:
-                self.parent[max(ri, rj)] = min(ri, rj)
-            gi, gj = self._find(self.group_parent, i), self._find(self.group_parent, j)
-            if gi != gj:
-                self.group_parent[max(gi, gj)] = min(gi, gj)
-
-    def tie(self, slots):
-        """All of `slots` form one unit."""
-        slots = np.asarray(slots)
-        if len(slots) > 1:
-            self.union(np.repeat(slots[:1], len(slots) - 1), slots[1:])
-
-    def new(self, n, producer=None):
-        start = len(self.parent)
-        ids = list(range(start, start + n))
-        self.parent += ids
-        self.group_parent += [start] * n  # one producer's slots: one group
-        self.producer += [None if producer is None else (*producer, i) for i in range(n)]
-        return np.arange(start, start + n, dtype=np.int64)
-
-    def fresh(self, layer, n, key="out"):
-        """Output slots of a producer (the same for every call of the layer)."""
-        cache_key = (id(layer), key)
-        if cache_key not in self.fresh_cache:
-            self.fresh_cache[cache_key] = self.new(n, (layer.name, key))
-        return self.fresh_cache[cache_key]
-
-    def resize(self, layer, key, slots):
-        """`layer.get_config()[key]` becomes the number of kept `slots` (for a
-        tuple, its last entry)."""
-        entries = self.resizes.setdefault(layer.name, [])
-        if key not in [k for k, _ in entries]:
-            entries.append((key, np.asarray(slots, dtype=np.int64)))
-
-    def fix(self, slots, reason):
-        for s in np.asarray(slots).tolist():
-            self.fixed.setdefault(s, reason)
-
-    def block(self, slots, layer, why=""):
-        for s in np.asarray(slots).tolist():
-            self.blocked.setdefault(s, (layer.name, why))
-
-    # --------------------------------------------------------- weights, costs
-    def member(self, layer, path, axis, slots, role):
-        if role not in ROLES:
-            raise ValueError(f"Unknown role {role!r}")
-        slots = np.asarray(slots, dtype=np.int64)
-        key = (layer.name, path, axis)
-        old = self.members.get(key)
-        if old is None:
-            self.members[key] = Member(layer.name, path, axis, slots, role)
-        else:  # a shared layer: every call reads through the same weight
-            self.union(old.slots, slots)
-
-    def cost(self, layer, kind, coefficient, *spaces):
-        self.costs[kind].append(
-            Term(layer.name, float(coefficient), tuple(np.asarray(s) for s in spaces))
-        )
-
-    def params_once(self, layer):
-        """True the first time a layer's parameters are counted."""
-        if layer.name in self.counted_params:
-            return False
-        self.counted_params.add(layer.name)
-        return True
-
-
-# ------------------------------------------------------------------ helpers
 def _last(tensor):
     return tensor.shape[-1]
 
@@ -209,7 +45,9 @@ def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
 
 
-def _unknown(b, layer, inputs, outputs, why=""):
+def opaque(b, layer, inputs, outputs, why=""):
+    """A layer whose channel mapping is not followed: the channels it reads
+    are blocked (`why` says why), those it writes are fixed."""
     for s in inputs:
         if s is not None:
             b.block(s, layer, why)
@@ -230,6 +68,14 @@ def _softmax_like(activation):
     return name in ("softmax", "log_softmax", "sparsemax", "glu")
 
 
+def no_rule_why(op):
+    if cloning.is_graph_model(op):
+        return " (a nested model)"
+    if not isinstance(op, keras.layers.Layer):
+        return f" (no rule for the keras.ops operation {type(op).__name__})"
+    return f" (no rule for {type(op).__name__})"
+
+
 # -------------------------------------------------------------------- rules
 # A rule is `rule(b, layer, node, inputs) -> [slots of each output]`, where
 # `inputs` holds the slots of each input tensor of the call.
@@ -238,7 +84,7 @@ def _softmax_like(activation):
 def passthrough(b, layer, node, inputs):
     """Channel `c` in, channel `c` out (activations, pooling, dropout, ...)."""
     if not _channels_last(layer):
-        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+        return opaque(b, layer, inputs, node.outputs, " (channels_first)")
     return [inputs[0] for _ in node.outputs]
 
 
@@ -271,7 +117,7 @@ def _output_activation(b, layer, out):
 def batch_normalization(b, layer, node, inputs):
     rank = len(node.input_tensors[0].shape)
     if layer.axis not in (-1, rank - 1):
-        return _unknown(b, layer, inputs, node.outputs, " (not the last axis)")
+        return opaque(b, layer, inputs, node.outputs, " (not the last axis)")
     s = inputs[0]
     for path in ("gamma", "beta"):
         if getattr(layer, path, None) is not None:
@@ -286,7 +132,7 @@ def batch_normalization(b, layer, node, inputs):
 def group_normalization(b, layer, node, inputs):
     rank = len(node.input_tensors[0].shape)
     if layer.axis not in (-1, rank - 1):
-        return _unknown(b, layer, inputs, node.outputs, " (not the last axis)")
+        return opaque(b, layer, inputs, node.outputs, " (not the last axis)")
     s = inputs[0]
     size = len(s) // layer.groups
     for g in range(layer.groups):  # a group's channels are normalized together
@@ -321,7 +167,7 @@ def _outputs(b, layer, out, size_key, *kernel_params):
 
 def conv(b, layer, node, inputs):
     if not _channels_last(layer):
-        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+        return opaque(b, layer, inputs, node.outputs, " (channels_first)")
     s = inputs[0]
     groups = getattr(layer, "groups", 1)
     per_group_in = len(s) // groups
@@ -341,7 +187,7 @@ def conv(b, layer, node, inputs):
 
 def conv_transpose(b, layer, node, inputs):
     if not _channels_last(layer):
-        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+        return opaque(b, layer, inputs, node.outputs, " (channels_first)")
     s = inputs[0]
     out = b.fresh(layer, layer.filters)
     b.member(layer, "kernel", -1, s, "read")
@@ -354,7 +200,7 @@ def conv_transpose(b, layer, node, inputs):
 
 def depthwise_conv(b, layer, node, inputs):
     if not _channels_last(layer):
-        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+        return opaque(b, layer, inputs, node.outputs, " (channels_first)")
     s = inputs[0]
     m = layer.depth_multiplier
     out = np.repeat(s, m)  # output c*m + j comes from input c
@@ -370,7 +216,7 @@ def depthwise_conv(b, layer, node, inputs):
 
 def separable_conv(b, layer, node, inputs):
     if not _channels_last(layer):
-        return _unknown(b, layer, inputs, node.outputs, " (channels_first)")
+        return opaque(b, layer, inputs, node.outputs, " (channels_first)")
     s = inputs[0]
     m = layer.depth_multiplier
     mid = np.repeat(s, m)
@@ -399,9 +245,8 @@ def dense(b, layer, node, inputs):
 def einsum_dense(b, layer, node, inputs):
     """Fixed channels (no rule maps an equation's axes to channels yet), but
     its FLOPs count: 2 per output element per kernel entry summed into it."""
-    out = _unknown(b, layer, inputs, node.outputs, " (channels of an EinsumDense)")
-    lhs, rest = layer.equation.replace(" ", "").split(",")
-    kernel, output = rest.split("->")
+    out = opaque(b, layer, inputs, node.outputs, " (channels of an EinsumDense)")
+    lhs, kernel, output = layers_lib.einsum_letters(layer)
     sizes = dict(zip(kernel, layer.kernel.shape))
     shape = node.input_tensors[0].shape
     explicit = lhs.replace("...", "")
@@ -425,7 +270,7 @@ def embedding(b, layer, node, inputs):
     return [out]
 
 
-def _call_input(node, name, position):
+def call_input(node, name, position):
     """The tensor passed as argument `name` (or positional `position`)."""
     args, kwargs = node.arguments.args, node.arguments.kwargs
     if name in kwargs:
@@ -437,9 +282,9 @@ def _call_input(node, name, position):
 
 def multi_head_attention(b, layer, node, inputs):
     slots = {id(t): s for t, s in zip(node.input_tensors, inputs)}
-    query = _call_input(node, "query", 0)
-    value = _call_input(node, "value", 1)
-    key = _call_input(node, "key", 2)
+    query = call_input(node, "query", 0)
+    value = call_input(node, "value", 1)
+    key = call_input(node, "key", 2)
     key = value if key is None else key
     q, v, k = slots[id(query)], slots[id(value)], slots[id(key)]
     heads = b.fresh(layer, layer.num_heads, key="heads")
@@ -484,7 +329,7 @@ _GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 def recurrent(b, layer, node, inputs):
     gates = next((g for name, g in _GATES.items() if isinstance(layer, getattr(L, name))), None)
     if gates is None or getattr(layer, "stateful", False):
-        return _unknown(b, layer, inputs, node.outputs)
+        return opaque(b, layer, inputs, node.outputs)
     s = inputs[0]
     units = b.fresh(layer, layer.cell.units)
     tiled = np.tile(units, gates)  # gate-major columns: [gate, unit]
@@ -524,7 +369,7 @@ def _inner_flops(b, layer, inner, input_shape, output_shape, times=1):
     if rule is None:
         b.unruled.add(layer.name)
         return
-    scratch = _Builder()
+    scratch = Builder()
     rule(scratch, inner, _Call([input_shape], [output_shape]), [scratch.new(int(input_shape[-1] or 1))])
     flops = sum(t.coefficient * math.prod(len(s) for s in t.spaces) for t in scratch.costs["flops"])
     b.cost(layer, "flops", times * flops)
@@ -532,7 +377,7 @@ def _inner_flops(b, layer, inner, input_shape, output_shape, times=1):
 
 def time_distributed(b, layer, node, inputs):
     """Fixed channels; FLOPs: the inner layer's on one step, times the steps."""
-    out = _unknown(b, layer, inputs, node.outputs, " (channels inside a TimeDistributed)")
+    out = opaque(b, layer, inputs, node.outputs, " (channels inside a TimeDistributed)")
     x, y = node.input_tensors[0].shape, node.outputs[0].shape
     step_in, step_out = (x[0], *x[2:]), (y[0], *y[2:])
     _inner_flops(b, layer, layer.layer, step_in, step_out, times=x[1] or 1)
@@ -541,7 +386,7 @@ def time_distributed(b, layer, node, inputs):
 
 def bidirectional(b, layer, node, inputs):
     """Fixed channels; FLOPs: the forward and the backward layer's."""
-    out = _unknown(b, layer, inputs, node.outputs, " (channels of a Bidirectional)")
+    out = opaque(b, layer, inputs, node.outputs, " (channels of a Bidirectional)")
     x = node.input_tensors[0].shape
     for inner in (layer.forward_layer, layer.backward_layer):
         units = getattr(getattr(inner, "cell", None), "units", None)
@@ -560,7 +405,7 @@ def merge(b, layer, node, inputs):
         b.union(full[0], s)
     # Inputs of width 1 broadcast over the channels: not coupled.
     if any(len(s) not in (1, widest) for s in inputs):
-        return _unknown(b, layer, inputs, node.outputs, " (inputs of other widths)")
+        return opaque(b, layer, inputs, node.outputs, " (inputs of other widths)")
     return [full[0]]
 
 
@@ -580,11 +425,11 @@ def reshape(b, layer, node, inputs):
             b.resize(layer, "target_shape", s)
         return [s]  # spatial dims reshaped, channels unchanged
     if None in source or None in target or not target:
-        return _unknown(b, layer, inputs, node.outputs, " (dynamic shape)")
+        return opaque(b, layer, inputs, node.outputs, " (dynamic shape)")
     positions = np.broadcast_to(s, tuple(source)).reshape(tuple(target))
     rows = positions.reshape(-1, target[-1])
     if not (rows == rows[:1]).all():
-        return _unknown(b, layer, inputs, node.outputs, " (channels split across axes)")
+        return opaque(b, layer, inputs, node.outputs, " (channels split across axes)")
     if isinstance(layer, L.Reshape):
         b.resize(layer, "target_shape", rows[0])
     return [rows[0]]
@@ -616,12 +461,12 @@ def layer_scale(b, layer, node, inputs):
     return [s]
 
 
-_UNARY_OPS = {
+UNARY_OPS = {
     "Relu", "Relu6", "Sigmoid", "Silu", "Swish", "HardSigmoid", "HardSilu", "HardSwish",
     "Gelu", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign", "Tanh", "Abs", "Negative",
     "Square", "Sqrt", "Exp", "Log", "Cast", "Celu", "Glu", "LogSigmoid", "Mish",
 }  # fmt: skip
-_BINARY_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
+BINARY_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
 
 
 def constant_operands(node):
@@ -633,15 +478,15 @@ def constant_operands(node):
 def operation(b, op, node, inputs):
     """`keras.ops` nodes of a functional graph (`x + y`, `ops.relu(x)`)."""
     name = type(op).__name__
-    if name in _UNARY_OPS and len(inputs) == 1:
+    if name in UNARY_OPS and len(inputs) == 1:
         return [inputs[0]]
-    if name in _BINARY_OPS:
+    if name in BINARY_OPS:
         if len(inputs) == 1:  # a tensor and a constant
             if any(np.ndim(c) and np.shape(c)[-1] > 1 for c in constant_operands(node)):
                 b.fix(inputs[0], f"combined with a per-channel constant by '{op.name}'")
             return [inputs[0]]
         return merge(b, op, node, inputs)
-    return _unknown(b, op, inputs, node.outputs, _no_rule(op))
+    return opaque(b, op, inputs, node.outputs, no_rule_why(op))
 
 
 RULES = {
@@ -734,239 +579,3 @@ def rule_for(op):
     if not isinstance(op, keras.layers.Layer):
         return operation
     return None
-
-
-# ---------------------------------------------------------------- the graph
-def _inner(op):
-    """The layer a pruning wrapper holds (the graph sees through wrappers)."""
-    from tfprune.wrapper import PruneLowMagnitude
-
-    return op.layer if isinstance(op, PruneLowMagnitude) else op
-
-
-def _graph(model):
-    if isinstance(model, keras.Sequential):
-        if getattr(model, "_functional", None) is None:
-            raise ValueError(
-                f"Model '{model.name}' is a Sequential model without an input shape: "
-                "build it (`keras.Input` first, or call it once) before pruning channels."
-            )
-        return model._functional
-    return model
-
-
-def _nodes(model):
-    graph = _graph(model)
-
-    def call_index(node):  # a node of a model rebuilt around the layer may not be listed
-        inbound = node.operation._inbound_nodes
-        return next((i for i, other in enumerate(inbound) if other is node), len(inbound))
-
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        yield from sorted(graph._nodes_by_depth[depth], key=call_index)
-
-
-def build(model, layers=None, strict=True):
-    """The channel `Structure` of a Sequential or Functional model.
-
-    Args:
-        model: the model (pruning wrappers are seen through).
-        layers: a predicate `layer -> bool` selecting the producers whose
-            channels may be removed (default: all).
-    """
-    if not cloning.is_graph_model(model):
-        raise ValueError(
-            "Channels can be removed from Sequential and Functional models only (their "
-            f"graph shows which channels are coupled). Received: model={model!r} of type "
-            f"{type(model).__name__}"
-        )
-    b = _Builder()
-    for s in _walk(b, model):
-        b.fix(s, "model output")
-    for name, op in b.layers.items():  # weights no rule describes: fixed
-        if isinstance(op, keras.layers.Layer) and name not in b.counted_params:
-            b.cost(op, "params", sum(int(np.prod(w.shape)) for w in op.weights))
-    return Structure(b, layers, strict)
-
-
-def _walk(b, model, inputs=None):
-    """Runs the rules over a graph model's nodes; returns its outputs' slots.
-
-    `inputs`: slots of the inputs of a nested model's call (None: the
-    outermost model, whose inputs are fixed).
-    """
-    slots = {}
-    graph = _graph(model)
-    if inputs is not None:
-        for tensor, s in zip(graph.inputs, inputs):
-            slots[id(tensor)] = s
-    for node in _nodes(model):
-        op = _inner(node.operation)
-        if node.is_input and inputs is not None:
-            s = slots[id(node.outputs[0])]
-            if isinstance(op, L.InputLayer):
-                b.resize(op, "batch_shape", s)  # a nested model's input width
-            continue
-        known = b.layers.setdefault(op.name, op)
-        if known is not op:
-            raise ValueError(
-                f"Two layers of model '{model.name}' are named '{op.name}' (one in a nested "
-                "model): channel pruning tells layers apart by name. Rename one."
-            )
-        args = [slots.get(id(t)) for t in node.input_tensors]
-        if node.is_input:
-            out = input_layer(b, op, node, args)
-        elif any(s is None for s in args):
-            out = _unknown(b, op, [s for s in args if s is not None], node.outputs)
-        elif cloning.is_graph_model(op):
-            del b.layers[op.name]  # its layers are counted one by one
-            out = _walk(b, op, args)
-        else:
-            rule = rule_for(op)
-            if rule is None:
-                b.unruled.add(op.name)
-                out = _unknown(b, op, args, node.outputs, _no_rule(op))
-            else:
-                out = rule(b, op, node, args)
-        for tensor, s in zip(node.outputs, out):
-            if len(tensor.shape) and tensor.shape[-1] is not None and len(s) != tensor.shape[-1]:
-                raise AssertionError(f"rule for '{op.name}' gave {len(s)} channels")
-            slots[id(tensor)] = np.asarray(s, dtype=np.int64)
-    return [slots[id(t)] for t in graph.outputs]
-
-
-def _no_rule(op):
-    if cloning.is_graph_model(op):
-        return " (a nested model)"
-    if not isinstance(op, keras.layers.Layer):
-        return f" (no rule for the keras.ops operation {type(op).__name__})"
-    return f" (no rule for {type(op).__name__})"
-
-
-class Structure:
-    """Units, groups, members and costs of one model (see `build`)."""
-
-    def __init__(self, b, selected=None, strict=True):
-        roots = {}
-        order = []
-        n_slots = len(b.parent)
-        root_of = np.array([b.find(i) for i in range(n_slots)], dtype=np.int64)
-        group_of = np.array([b._find(b.group_parent, i) for i in range(n_slots)], dtype=np.int64)
-        # Units numbered group by group, so a group's units are contiguous.
-        by_group = {}
-        for slot in range(n_slots):
-            root = root_of[slot]
-            if root not in roots:
-                roots[root] = None
-                by_group.setdefault(group_of[slot], []).append(root)
-        index = {}
-        for members in by_group.values():
-            for root in members:
-                index[root] = len(index)
-                order.append(root)
-        self.size = len(index)
-        self.slot_unit = np.array([index[r] for r in root_of], dtype=np.int64)
-        self.layers = b.layers
-        # Layers with weights that no rule describes: their FLOPs are not counted.
-        self.uncounted = sorted(name for name in b.unruled if b.layers[name].weights)
-        self.resizes = {
-            name: [(key, self.slot_unit[s]) for key, s in entries]
-            for name, entries in b.resizes.items()
-        }
-        unit_fixed = {}
-        for slot, reason in b.fixed.items():
-            unit_fixed.setdefault(int(self.slot_unit[slot]), reason)
-        unit_blocked, unit_why = {}, {}
-        for slot, (name, why) in b.blocked.items():
-            unit_blocked.setdefault(int(self.slot_unit[slot]), name)
-            unit_why.setdefault(int(self.slot_unit[slot]), why)
-        producers = [set() for _ in range(self.size)]
-        # (layer, "out" or "heads", index) of each producer channel in a unit
-        self.positions = {}
-        for slot, producer in enumerate(b.producer):
-            if producer is not None:
-                unit = int(self.slot_unit[slot])
-                producers[unit].add(producer[0])
-                self.positions[producer] = unit
-        self.members = {}
-        for member in b.members.values():
-            member.units = self.slot_unit[member.slots]
-            self.members.setdefault(member.layer, []).append(member)
-        self.costs = {
-            kind: [
-                Term(t.layer, t.coefficient, tuple(self.slot_unit[s] for s in t.spaces))
-                for t in terms
-            ]
-            for kind, terms in b.costs.items()
-        }
-        selected = selected or (lambda layer: True)
-        self.groups = []
-        self.unit_group = np.zeros(self.size, dtype=np.int64)
-        self.prunable = np.zeros(self.size, dtype=bool)
-        self.blocked_by = unit_blocked
-        self.fixed_by = unit_fixed
-        for members in by_group.values():
-            units = np.array([index[r] for r in members], dtype=np.int64)
-            names = sorted({p for u in units for p in producers[u]}, key=list(b.layers).index)
-            reason = ""
-            if not names:
-                reason = "no layer produces these channels"
-            elif any(int(u) in unit_fixed for u in units) and all(
-                int(u) in unit_fixed for u in units
-            ):
-                reason = unit_fixed[int(units[0])]
-            elif not all(selected(b.layers[n]) for n in names):
-                reason = "a producer is not selected"
-            prunable_units = [
-                int(u) for u in units if int(u) not in unit_fixed and int(u) not in unit_blocked
-            ]
-            blocked = [unit_blocked[u] for u in units.tolist() if u in unit_blocked]
-            if blocked and not reason and strict:
-                why = next(unit_why[u] for u in units.tolist() if u in unit_why)
-                raise UnknownLayerError(_blocked_message(self, blocked[0], why, names))
-            if blocked and not prunable_units:
-                reason = f"read by '{blocked[0]}', which has no channel rule"
-            group = Group(names[0] if names else f"group_{len(self.groups)}", units,
-                          tuple(names), not reason and bool(prunable_units), reason)
-            if group.prunable:
-                self.prunable[prunable_units] = True
-            self.unit_group[units] = len(self.groups)
-            self.groups.append(group)
-
-    # ------------------------------------------------------------ queries
-    def count(self, kind, keep=None):
-        """Total parameters or FLOPs (`kind`) with the units `keep` kept."""
-        keep = np.ones(self.size, bool) if keep is None else np.asarray(keep, bool)
-        return sum(self.layer_counts(kind, keep).values())
-
-    def layer_counts(self, kind, keep=None):
-        keep = np.ones(self.size, bool) if keep is None else np.asarray(keep, bool)
-        totals = {}
-        for term in self.costs[kind]:
-            value = term.coefficient * math.prod(int(keep[s].sum()) for s in term.spaces)
-            totals[term.layer] = totals.get(term.layer, 0.0) + value
-        return totals
-
-
-def _blocked_message(structure, layer_name, why, producers):
-    layer = structure.layers.get(layer_name)
-    kind = type(layer).__name__ if layer is not None else "?"
-    what = "Layer" if isinstance(layer, keras.layers.Layer) else "Operation"
-    start = (
-        f"{what} '{layer_name}' ({kind}) reads channels that removing channels of "
-        f"{', '.join(repr(p) for p in producers)} would change"
-    )
-    if why != _no_rule(layer):  # a rule that cannot follow this call
-        return f"{start}, and tfprune cannot follow them through it{why}. Leave those layers out with `layers=`."
-    if not isinstance(layer, keras.layers.Layer):
-        return (
-            f"{start}, and tfprune has no rule for the `keras.ops` operation {kind}: use the "
-            "Keras layer that does the same, if there is one, or leave those layers out with "
-            "`layers=`."
-        )
-    return (
-        f"{start}, and tfprune has no rule for how {kind} maps channels. Describe it with "
-        f"`tfprune.graph.register({kind}, rule)` (e.g. `tfprune.graph.passthrough` for an "
-        "element-wise layer), or leave those layers out with `layers=`."
-    )
-
