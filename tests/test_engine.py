@@ -235,6 +235,24 @@ def test_taylor_needs_gradients_and_ranks_zero_gradients_lowest():
     assert mask[[0, 1, 3, 4, 5]].sum() == mask.sum()
 
 
+def test_taylor_never_revives_a_pruned_weight_in_place_of_a_live_one_without_gradient():
+    # Inputs 0-5 are always zero: their live weights score 0, as pruned ones do.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 12)).astype("float32")
+    x[:, :6] = 0.0
+    y = rng.integers(0, 4, 64)
+    inputs = keras.Input((12,))
+    hidden = keras.layers.Dense(64, activation="relu", name="d")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(hidden))
+    pruned = tfprune.prune(model, tfprune.ConstantSparsity(0.6, 0, frequency=2), criterion="taylor")
+    compile_model(pruned, keras.optimizers.Adam(0.01))
+    fit(pruned, x, y, batch_size=16, epochs=2)  # 8 steps: 4 mask updates
+    for w in wrappers(pruned):
+        kernel, mask = to_numpy(w.pruning_vars[0][0]), to_numpy(w.pruning_vars[0][1])
+        assert int(mask.sum()) == keep_count(mask.size, 0.6)
+        assert int((kernel != 0).sum()) == int(mask.sum())  # every kept weight is live
+
+
 def test_movement_scores_and_exact_counts():
     model = cnn()
     pruned = tfprune.prune(model, tfprune.ConstantSparsity(0.7, 0, frequency=2), criterion="movement")
@@ -246,6 +264,68 @@ def test_movement_scores_and_exact_counts():
         assert int(mask.sum()) == keep_count(mask.size, 0.7)
         movement = to_numpy(w._criterion_state["acc"][0])
         assert np.any(movement < 0) and np.any(movement > 0)  # signed scores
+
+
+class _FixedSignedScores(tfprune.Criterion):
+    """Signed scores given per layer: small ones beside one large negative."""
+
+    signed = True
+
+    def __init__(self, by_layer):
+        self.by_layer = by_layer
+
+    def scores(self, weights, state):
+        values = self.by_layer[int(weights[0].shape[-1])]
+        return [keras.ops.reshape(keras.ops.convert_to_tensor(values), weights[0].shape)]
+
+
+def _top_k_by_position(scores, k):
+    order = np.lexsort((np.arange(scores.size), -scores.astype(np.float64)))
+    keep = np.zeros(scores.size, bool)
+    keep[order[:k]] = True
+    return keep
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_signed_scores_keep_their_order_beside_a_large_negative_one(scope):
+    # Distinct scores 1e-3 apart in 1e-6 steps, and -1e5: shifting by the
+    # minimum in float32 would round the small ones into ties.
+    first = np.linspace(1e-3, 2e-3, 20).astype("float32")
+    first[-1] = -1e5
+    second = np.linspace(-3e-6, 3e-6, 15).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(3, name="b")])
+    by_layer = {5: first, 3: second}
+    pruned = tfprune.prune(model, None, criterion=_FixedSignedScores(by_layer), scope=scope,
+                           layers=["a", "b"])  # fmt: skip
+    tfprune.update_masks(pruned, 0.5)
+    masks = {w.layer.name: to_numpy(w.pruning_vars[0][1]).ravel() for w in wrappers(pruned)}
+    if scope == "layer":
+        assert np.array_equal(masks["a"], _top_k_by_position(first, 10))
+        assert np.array_equal(masks["b"], _top_k_by_position(second, 8))
+    else:
+        # Every layer keeps its best weight; the rest of the 18 are ranked together.
+        both = np.concatenate([first, second])
+        forced = np.zeros(both.size, bool)
+        forced[[np.argmax(first), first.size + np.argmax(second)]] = True
+        rest = _top_k_by_position(np.where(forced, -np.inf, both), 18 - 2)
+        assert np.array_equal(np.concatenate([masks["a"], masks["b"]]), forced | rest)
+
+
+def test_signed_scores_map_to_non_negative_ones_in_order():
+    from tfprune import selection
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([
+        rng.normal(size=2000) * 10.0 ** rng.integers(-30, 30, 2000), [0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38],
+    ]).astype("float32")  # fmt: skip
+    images = to_numpy(selection.non_negative(scores))
+    assert images.dtype == np.float32 and np.all(np.isfinite(images)) and np.all(images >= 0)
+    order = np.argsort(scores, kind="stable")
+    assert np.all(np.diff(images[order]) >= 0)  # the same order
+    small = np.abs(scores) < 2.0 ** (127 - 125)  # 3e38 is 1.76 * 2**127: below 2**(127 - 125), 0
+    assert images.min() >= np.finfo(np.float32).tiny  # normal floats: 0.0 stays below them
+    assert len(np.unique(images[~small])) == len(np.unique(scores[~small]))  # distinct stay distinct
+    assert len(np.unique(images[small])) == 1
 
 
 def test_random_is_seeded_reproducible_and_nested():
@@ -285,10 +365,20 @@ def test_apoz_from_calibration_data_prunes_dead_channels():
         tfprune.collect_statistics(pruned, None)
     with pytest.raises(ValueError, match=r"`data` holds no batch.*Received: data=\[\]"):
         tfprune.collect_statistics(pruned, [])
+    with pytest.raises(ValueError, match=r"batch_size=0"):
+        tfprune.collect_statistics(pruned, x, batch_size=0)
     tfprune.collect_statistics(pruned, [x[:20], x[20:]], steps=np.int64(2))
+    state = [to_numpy(wrappers(pruned)[0]._criterion_state[k]) for k in ("total", "count")]
     tfprune.update_masks(pruned, 1 / 3)
     bias_mask = to_numpy(wrappers(pruned)[0].pruning_vars[1][1])
     assert bias_mask.tolist() == [True, True, False, True, False, True]
+    # One array (or an (x, y) tuple) is split into batches: the same statistics.
+    for inputs in (x, (x, np.zeros(40))):
+        again = tfprune.prune(model, None, criterion="apoz", granularity=granularity_lib.Filter())
+        tfprune.collect_statistics(again, inputs, batch_size=20)
+        got = [to_numpy(wrappers(again)[0]._criterion_state[k]) for k in ("total", "count")]
+        for a, b in zip(got, state):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_activation_mean_collected_during_training():
@@ -567,6 +657,8 @@ def test_different_pruners_on_different_layers_and_one_after_another():
             r"`block_pooling_type` do not apply .*block_pooling_type='MAX'",
         ),
         ({"granularity": "head"}, ValueError, r"No layer of 'sequential.*' has weights .*Head"),
+        ({"granularity": "block", "block_size": 2}, TypeError, r"`block_size` must be a tuple .*block_size=2"),
+        ({"granularity": "filter", "block_size": 2}, ValueError, r"do not apply .*block_size=2"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_touched(kwargs, error, match):

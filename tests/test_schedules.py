@@ -196,6 +196,13 @@ def test_schedule_traces_under_jit():
 def test_get_rejects_non_schedules():
     with pytest.raises(TypeError, match="pruning_schedule"):
         schedules.get(0.5)
+    with pytest.raises(TypeError, match=r"Received: pruning_schedule=\{'foo': 1\}"):
+        schedules.get({"foo": 1})  # a dict that is no schedule's config
+    dense = keras.saving.serialize_keras_object(keras.layers.Dense(2))
+    with pytest.raises(TypeError, match="pruning_schedule"):
+        schedules.get(dense)
+    config = keras.saving.serialize_keras_object(tfprune.ConstantSparsity(0.5, 0))
+    assert schedules.get(config).get_config() == tfprune.ConstantSparsity(0.5, 0).get_config()
 
 
 # Every kind of schedule, integer and non-integer powers, steps up to 59 and a few

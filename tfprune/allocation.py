@@ -53,28 +53,43 @@ def erk(shapes, target):
     """Per-weight sparsities with Erdős–Rényi-Kernel densities (see module).
 
     `target` may be a tensor (a schedule's value inside a compiled step): the
-    solve is unrolled (at most one pass per weight turning dense) in
-    float32. A Python or NumPy float gives Python floats, solved in float64.
+    solve is unrolled (at most one pass per weight turning dense). It runs in
+    float32 in one fixed order either way, each product kept apart from the
+    sum after it (no fused multiply-add), so a Python float on the host and a
+    tensor on any backend give the same bits, and the same kept counts.
     """
     host = isinstance(target, (int, float, np.floating, np.integer))
     if host:
         _check_target(target)
     xp = np if host else ops
-    sizes = np.array([np.prod(s) for s in shapes], dtype=np.float64)
-    raw = np.array([np.sum(s) / np.prod(s) for s in shapes], dtype=np.float64)
-    if not host:
-        target = ops.cast(target, "float32")
-        sizes, raw = sizes.astype("float32"), raw.astype("float32")
-    dense = np.zeros(len(shapes), dtype=bool)
+    target = np.float32(target) if host else ops.cast(target, "float32")
+    sizes = [np.float32(np.prod(s)) for s in shapes]
+    weighted = [np.float32(np.sum(s)) for s in shapes]  # raw density x size: sum(shape)
+    raw = [np.float32(np.sum(s) / np.prod(s)) for s in shapes]
+    total = np.float32(sum(float(np.prod(s)) for s in shapes))
+    zero, one = np.float32(0), np.float32(1)
+
+    def ordered_sum(values):
+        result = values[0]
+        for value in values[1:]:
+            result = xp.add(result, value)
+        return result
+
+    def apart(product):  # a no-op clip between a product and the sum after it
+        return xp.maximum(product, zero)
+
+    dense = [False] * len(shapes)
     for _ in range(len(shapes) + 1):
-        budget = (1.0 - target) * float(sizes.sum()) - xp.sum(xp.where(dense, sizes, 0.0))
-        eps = budget / xp.sum(xp.where(dense, 0.0, raw * sizes))
-        density = xp.where(dense, 1.0, eps * raw)
-        dense = xp.logical_or(dense, xp.greater(density, 1.0))
-    sparsity = 1.0 - density
+        held = ordered_sum([xp.where(d, size, zero) for d, size in zip(dense, sizes)])
+        budget = xp.subtract(apart(xp.multiply(xp.subtract(one, target), total)), held)
+        spread = ordered_sum([xp.where(d, zero, w) for d, w in zip(dense, weighted)])
+        eps = xp.divide(budget, xp.maximum(spread, np.float32(1e-30)))
+        density = [xp.where(d, one, apart(xp.multiply(eps, r))) for d, r in zip(dense, raw)]
+        dense = [xp.logical_or(d, xp.greater(x, one)) for d, x in zip(dense, density)]
+    sparsity = [xp.subtract(one, x) for x in density]
     if host:
         return [float(v) for v in sparsity]
-    return [sparsity[i] for i in range(len(shapes))]
+    return sparsity
 
 
 def explicit(names, sparsities):

@@ -29,6 +29,7 @@ from tfprune import (
 )
 from tfprune import layers as layer_specs
 from tfprune import schedules as schedules_lib
+from tfprune.oneshot import calibration
 from tfprune.pruner import Pruner
 from tfprune.schedules import ConstantSparsity
 from tfprune.wrapper import PruneLowMagnitude, collect_prunable_layers
@@ -446,7 +447,7 @@ def hold_sparsity(model):
     return held
 
 
-def collect_statistics(model, data, steps=None):
+def collect_statistics(model, data, steps=None, batch_size=32):
     """Runs `model` over calibration data so activation criteria can score.
 
     For `criterion="apoz"` or `"activation_mean"`: every pruning wrapper
@@ -456,8 +457,11 @@ def collect_statistics(model, data, steps=None):
 
     Args:
         model: a pruned model.
-        data: an iterable of batches: inputs, or `(inputs, targets)` tuples.
+        data: an iterable of batches (inputs, or `(inputs, targets)`
+            tuples), or the inputs as one array (or dict of arrays, or an
+            `(inputs, targets)` tuple of them), split into batches.
         steps: the number of batches to use (default: all).
+        batch_size: rows per batch where `data` is one array.
     """
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"Argument `model` must be a pruned Keras model. Received: model={model!r}")
@@ -469,11 +473,16 @@ def collect_statistics(model, data, steps=None):
         )
     if steps is not None and (not checks.is_integer(steps) or steps < 1):
         raise ValueError(f"Argument `steps` must be a positive int or None. Received: steps={steps!r}")
-    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+    if not checks.is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    if isinstance(data, (str, bytes)) or not (hasattr(data, "__iter__") or hasattr(data, "shape")):
         raise TypeError(
             "Argument `data` must be an iterable of batches (inputs, or (inputs, targets) "
-            f"tuples). Received: data={data!r}"
+            f"tuples), or an array of inputs. Received: data={data!r}"
         )
+    one_array = isinstance(data, dict) or hasattr(data, "shape")
+    if one_array or (isinstance(data, tuple) and hasattr(data[0] if data else None, "shape")):
+        data = calibration.batches(data, batch_size, model, argument="data")
     for wrapper in wrappers:
         wrapper._collecting = True
     try:

@@ -55,7 +55,7 @@ def chosen_granularity(
 def check_granularity_options(granularity, block_size, block_pooling_type, sparsity_m_by_n):
     """Block and N:M options given to a granularity that does not use them are refused."""
     given = {}
-    if block_size is None or tuple(block_size) != (1, 1):
+    if not isinstance(block_size, (tuple, list)) or tuple(block_size) != (1, 1):
         given["block_size"] = block_size
     if block_pooling_type != "AVG":
         given["block_pooling_type"] = block_pooling_type

@@ -27,6 +27,7 @@ import uuid
 import weakref
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfprune import allocation, backend, scoring, selection, structured
@@ -395,6 +396,7 @@ class Pruner:
             return self._select_by_threshold(entries, units, infos)
         if self.criterion.signed:
             units = self._non_negative(units)
+        units = [_pruned_lowest(entry, u) for entry, u in zip(entries, units)]
         if kind == "ranking":
             keeps, threshold = self._select_globally(units, infos, sparsity)
             return keeps, [threshold] * len(units), []
@@ -413,8 +415,8 @@ class Pruner:
     def _non_negative(self, units):
         if self.scope.per_layer:
             return [selection.non_negative(u) for u in units]
-        lowest = ops.min(ops.stack([ops.min(u) for u in units]))
-        return [ops.subtract(ops.cast(u, "float32"), lowest) for u in units]
+        largest = ops.max(ops.stack([selection.largest_magnitude(u) for u in units]))
+        return [selection.non_negative(u, largest) for u in units]
 
     def _capped(self, sparsity, layer):
         low = allocation.for_layer(self.min_sparsity, layer)
@@ -530,6 +532,28 @@ def _as_tensor(units):
     if isinstance(units, selection.ElementScores):
         return units.flat().value()
     return units
+
+
+_SMALLEST_NORMAL = np.float32(np.finfo(np.float32).tiny)
+
+
+def _pruned_lowest(entry, units):
+    """Unit scores where the units pruned now rank below every live unit.
+
+    A pruned weight's Taylor score is `|0 * g| = 0`, as is a live weight's
+    that got no gradient: ranked by position among equals, a pruned weight
+    would come back (its mask set, its value 0) in place of a live one. So
+    live units score at least the smallest normal float and pruned ones 0
+    (scores are non-negative here; subnormal ones rank as that float).
+    Element scores computed from the masked weight (magnitude) are left as
+    they are: a live weight scoring 0 there is a zero weight.
+    """
+    if isinstance(units, selection.ElementScores):
+        return units
+    wrapper, _, sel, _ = entry
+    masks = [ops.cast(backend.read(wrapper.pruning_vars[i][1]), "float32") for i in sel.scored]
+    live = ops.greater(ops.reshape(sel.unit_scores(masks), (-1,)), 0.0)
+    return ops.where(live, ops.maximum(ops.cast(units, "float32"), _SMALLEST_NORMAL), 0.0)
 
 
 def _best_unit(unit_scores, size):

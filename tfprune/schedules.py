@@ -556,13 +556,15 @@ def get(identifier):
     if isinstance(identifier, PruningSchedule):
         return identifier
     if isinstance(identifier, dict):
-        return keras.saving.deserialize_keras_object(
+        schedule = keras.saving.deserialize_keras_object(
             identifier,
             custom_objects={
                 c.__name__: c
                 for c in (ConstantSparsity, PolynomialDecay, ExponentialDecay, AGP)
             },
         )
+        if isinstance(schedule, PruningSchedule):
+            return schedule
     raise TypeError(
         "Argument `pruning_schedule` must be a `PruningSchedule` instance. "
         f"Received: pruning_schedule={identifier!r}"

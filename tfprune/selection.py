@@ -414,7 +414,38 @@ def _predicted_select(scores, k):
     )
 
 
-def non_negative(scores):
-    """Signed scores shifted to start at 0 (order kept: rounding is monotone)."""
+def largest_magnitude(scores):
+    """`max |scores|`, the reference of `non_negative`."""
+    return ops.max(ops.abs(ops.cast(scores, "float32")))
+
+
+def non_negative(scores, largest=None):
+    """Signed float32 scores mapped to non-negative ones in the same order.
+
+    A float's magnitude orders like its bit pattern `a`, so a score becomes
+    the float whose pattern is `M + (a - base)` (`M - (a - base)` if
+    negative), where `M` is the pattern of 1.0 (the image of 0) and `base`
+    the pattern of `2**(e - 125)`, `2**e` being the power of two at or
+    below `largest` (0 for `e < 125`). Distinct scores keep distinct images
+    and their order, except those smaller in magnitude than `2**(e - 125)`,
+    which rank as 0. Images are normal floats from about `2**-125` (CPUs
+    flushing subnormals to zero still order them) and 0.0 is left free,
+    below all of them. (Subtracting the
+    minimum instead rounds distinct scores near 0 together where the
+    minimum is large.) `largest`: the largest magnitude of all the scores
+    ranked together (default: of these).
+
+    >>> images = non_negative(np.array([-1e5, 1e-3, 1.0000001e-3, 0.0, -0.0], "float32"))
+    >>> np.argsort(ops.convert_to_numpy(images), kind="stable").tolist()
+    [0, 3, 4, 1, 2]
+    """
     scores = ops.cast(scores, "float32")
-    return ops.subtract(scores, ops.min(scores))
+    if largest is None:
+        largest = largest_magnitude(scores)
+    exponent = ops.right_shift(ops.view(ops.cast(largest, "float32"), "int32"), 23)
+    base = ops.left_shift(ops.maximum(exponent - 125, 0), 23)
+    magnitude = ops.bitwise_and(ops.view(scores, "int32"), 0x7FFFFFFF)
+    offset = ops.clip(ops.subtract(magnitude, base), 0, (126 << 23) - 1)
+    two = np.int32(128 << 23)
+    bits = ops.where(ops.less(scores, 0.0), ops.subtract(two, offset), ops.add(two, offset))
+    return ops.view(ops.cast(bits, "int32"), "float32")

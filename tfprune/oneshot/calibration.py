@@ -19,7 +19,7 @@ from keras import ops
 from tfprune import checks
 
 
-def batches(calibration_data, batch_size=32, model=None):
+def batches(calibration_data, batch_size=32, model=None, argument="calibration_data"):
     """The model inputs of `calibration_data`, as a list of batches.
 
     Accepts a NumPy array (or a dict of arrays) of inputs, split into batches
@@ -27,14 +27,15 @@ def batches(calibration_data, batch_size=32, model=None):
     or an iterable of batches (arrays, dicts or `(x, y)` tuples). Given the
     `model`, a list of single examples (arrays, nested lists of numbers or
     dicts, each one axis short of the model's inputs: the token ids of one
-    text) is stacked and split as one array.
+    text) is stacked and split as one array. `argument`: the name errors
+    give the data.
     """
     if not checks.is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
     data = calibration_data
     if isinstance(data, tuple) and len(data) in (1, 2, 3) and not _is_batch_list(data):
         data = data[0]
-    rows = _stacked_rows(data, _input_ranks(model))
+    rows = _stacked_rows(data, _input_ranks(model), argument)
     if rows is not None:
         data = rows
     if isinstance(data, (np.ndarray, dict)) or hasattr(data, "shape"):
@@ -49,20 +50,20 @@ def batches(calibration_data, batch_size=32, model=None):
         found = []
     if not found or _rows(found[0]) == 0:
         raise ValueError(
-            "Argument `calibration_data` must hold at least one batch of model "
-            f"inputs. Received: calibration_data={_describe(calibration_data)}"
+            f"Argument `{argument}` must hold at least one batch of model "
+            f"inputs. Received: {argument}={_describe(calibration_data)}"
         )
     for batch in found:
         for array in keras.tree.flatten(batch):
             numeric = np.issubdtype(array.dtype, np.number) or array.dtype == bool
             if not numeric or array.ndim == 0:
                 raise ValueError(
-                    "Argument `calibration_data` must hold batches of numeric arrays with a "
+                    f"Argument `{argument}` must hold batches of numeric arrays with a "
                     f"batch axis. Received: an array of dtype {array.dtype} and shape {array.shape}"
                 )
             if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
                 raise ValueError(
-                    "Argument `calibration_data` holds NaN or infinite values "
+                    f"Argument `{argument}` holds NaN or infinite values "
                     f"(an array of shape {array.shape})."
                 )
     return found
@@ -78,7 +79,7 @@ def _input_ranks(model):
     return ranks.pop() if len(ranks) == 1 else None
 
 
-def _stacked_rows(data, rank):
+def _stacked_rows(data, rank, argument):
     """`data` stacked along a new batch axis if it is a list of single
     examples of `rank - 1` axes; None if it is not."""
     if rank is None or not isinstance(data, list) or not data:
@@ -97,7 +98,7 @@ def _stacked_rows(data, rank):
         return keras.tree.map_structure(lambda *leaves: np.stack(leaves), *rows)
     except ValueError as error:
         raise ValueError(
-            "Argument `calibration_data` is a list of single examples that cannot be stacked "
+            f"Argument `{argument}` is a list of single examples that cannot be stacked "
             f"into one batch (pad them to one shape): {error}"
         ) from None
 
