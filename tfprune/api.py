@@ -473,8 +473,7 @@ def collect_statistics(model, data, steps=None, batch_size=32):
         )
     if steps is not None and (not checks.is_integer(steps) or steps < 1):
         raise ValueError(f"Argument `steps` must be a positive int or None. Received: steps={steps!r}")
-    if not checks.is_integer(batch_size) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    calibration.check_batch_size(batch_size)
     if isinstance(data, (str, bytes)) or not (hasattr(data, "__iter__") or hasattr(data, "shape")):
         raise TypeError(
             "Argument `data` must be an iterable of batches (inputs, or (inputs, targets) "

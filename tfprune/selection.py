@@ -424,16 +424,15 @@ def non_negative(scores, largest=None):
 
     A float's magnitude orders like its bit pattern `a`, so a score becomes
     the float whose pattern is `M + (a - base)` (`M - (a - base)` if
-    negative), where `M` is the pattern of 1.0 (the image of 0) and `base`
+    negative), where `M` is the pattern of 2.0 (the image of 0) and `base`
     the pattern of `2**(e - 125)`, `2**e` being the power of two at or
     below `largest` (0 for `e < 125`). Distinct scores keep distinct images
     and their order, except those smaller in magnitude than `2**(e - 125)`,
     which rank as 0. Images are normal floats from about `2**-125` (CPUs
-    flushing subnormals to zero still order them) and 0.0 is left free,
-    below all of them. (Subtracting the
-    minimum instead rounds distinct scores near 0 together where the
-    minimum is large.) `largest`: the largest magnitude of all the scores
-    ranked together (default: of these).
+    flushing subnormals to zero still order them), and 0.0 is left free
+    below all of them. (Subtracting the minimum instead rounds distinct
+    scores near 0 together where the minimum is large.) `largest`: the
+    largest magnitude of all the scores ranked together (default: these).
 
     >>> images = non_negative(np.array([-1e5, 1e-3, 1.0000001e-3, 0.0, -0.0], "float32"))
     >>> np.argsort(ops.convert_to_numpy(images), kind="stable").tolist()

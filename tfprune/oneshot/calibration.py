@@ -30,8 +30,7 @@ def batches(calibration_data, batch_size=32, model=None, argument="calibration_d
     text) is stacked and split as one array. `argument`: the name errors
     give the data.
     """
-    if not checks.is_integer(batch_size) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
+    check_batch_size(batch_size)
     data = calibration_data
     if isinstance(data, tuple) and len(data) in (1, 2, 3) and not _is_batch_list(data):
         data = data[0]
@@ -67,6 +66,11 @@ def batches(calibration_data, batch_size=32, model=None, argument="calibration_d
                     f"(an array of shape {array.shape})."
                 )
     return found
+
+
+def check_batch_size(batch_size):
+    if not checks.is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be an int >= 1. Received: batch_size={batch_size!r}")
 
 
 def _input_ranks(model):
